@@ -1,0 +1,257 @@
+"""train.py: the schedule, gradient accumulation, learning, the whole run in a
+subprocess, resuming, Ctrl-C, the token cache and every refusal."""
+
+import copy
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import ROOT, run_script
+from model import GPT, GPTConfig
+
+TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128]
+STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """About 20k tokens of Shakespeare, enough for a tiny model's batches."""
+    with open(os.path.join(ROOT, "input"), encoding="utf-8") as f:
+        text = f.read(80_000)
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def train_run(tmp_path, text_file, *flags, **kwargs):
+    return run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS, *flags, **kwargs)
+
+
+def step_losses(stdout):
+    return {int(step): float(loss) for step, loss in STEP_LINE.findall(stdout)}
+
+
+# ---------------------------------------------------------------------------
+# Pieces, in process
+
+
+def test_lr_schedule():
+    cfg = train.Config(max_lr=6e-4, warmup_steps=10, max_steps=50)
+    assert cfg.min_lr == pytest.approx(6e-5)
+    assert train.get_lr(0, cfg) == pytest.approx(6e-5)  # max_lr / warmup_steps
+    assert train.get_lr(9, cfg) == pytest.approx(6e-4)  # last warmup step reaches the peak
+    assert train.get_lr(10, cfg) == pytest.approx(6e-4)  # cosine starts at the peak
+    assert train.get_lr(30, cfg) == pytest.approx((6e-4 + 6e-5) / 2)  # half-way through the decay
+    assert train.get_lr(50, cfg) == pytest.approx(6e-5)
+    assert train.get_lr(500, cfg) == pytest.approx(6e-5)
+    lrs = [train.get_lr(s, cfg) for s in range(10, 51)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays monotonically
+
+
+def test_gradient_accumulation_equals_big_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    big = copy.deepcopy(model)
+    tokens = np.random.default_rng(0).integers(0, 50, size=1000).astype(np.uint16)
+    cfg = train.Config(grad_clip=1e9)  # no clipping, so .grad is the raw gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # step() leaves the weights alone
+    train.train_step(model, optimizer, train.DataLoader(tokens, 2, 16), 4, cfg, "cpu", train.nullcontext())
+    x, y = train.DataLoader(tokens, 8, 16).next_batch()  # the same 8 sequences in one batch
+    big(x, y)[1].backward()
+    for (name, p), q in zip(model.named_parameters(), big.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_data_loader_shifts_and_wraps():
+    tokens = np.arange(100, dtype=np.uint16)
+    loader = train.DataLoader(tokens, 2, 10)
+    x, y = loader.next_batch()
+    assert x.shape == (2, 10) and torch.equal(y, x + 1)
+    for _ in range(3):
+        loader.next_batch()
+    x, _ = loader.next_batch()  # 4 batches used 80 tokens; 21 more do not fit, so it wraps
+    assert x[0, 0].item() == 0
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=64))
+    tokens = np.random.default_rng(0).integers(0, 100, size=4 * 32 + 1).astype(np.uint16)
+    loader = train.DataLoader(tokens, 4, 32)  # exactly one batch: every call returns it again
+    cfg = train.Config()
+    optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")
+    for step in range(100):
+        loss, _ = train.train_step(model, optimizer, loader, 1, cfg, "cpu", train.nullcontext())
+        if loss < 0.5:
+            break
+    assert loss < 0.5, f"loss {loss} after 100 steps"
+
+
+def test_token_cache_reused_and_rebuilt(tmp_path, monkeypatch):
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question.", encoding="utf-8")
+    first = train.load_tokens(str(text), str(tmp_path))
+    assert (tmp_path / "tokens.npz").exists() and first.dtype == np.uint16
+
+    def no_tokenizer():
+        raise AssertionError("tokenized again although the text did not change")
+
+    monkeypatch.setattr(train, "get_tokenizer", no_tokenizer)
+    assert np.array_equal(train.load_tokens(str(text), str(tmp_path)), first)
+    monkeypatch.undo()
+    text.write_text("Whether 'tis nobler in the mind to suffer", encoding="utf-8")
+    second = train.load_tokens(str(text), str(tmp_path))
+    assert not np.array_equal(first, second)
+    assert second.tolist() == train.get_tokenizer().encode("Whether 'tis nobler in the mind to suffer")
+
+
+def test_every_constant_is_a_flag():
+    r = run_script("train.py", "--help")
+    assert r.returncode == 0
+    for field in train.dataclasses.fields(train.Config):
+        assert f"--{field.name}" in r.stdout
+    flags = train.parse_flags(["--max_steps", "7", "--bias", "False", "--betas", "0.8", "0.9", "--device", "cpu"])
+    assert flags == {"max_steps": 7, "bias": False, "betas": [0.8, 0.9], "device": "cpu"}
+    assert train.Config(**flags).betas == (0.8, 0.9)
+
+
+# ---------------------------------------------------------------------------
+# The whole run, in a subprocess
+
+
+def test_end_to_end_then_sample(tmp_path, text_file):
+    r = train_run(tmp_path, text_file, "--max_steps", 6, "--eval_interval", 3)
+    assert r.returncode == 0, r.stderr
+    assert sorted(step_losses(r.stdout)) == list(range(6))
+    assert "device cpu" in r.stdout and "grad accumulation steps 2" in r.stdout
+    log = (tmp_path / "log" / "log.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in log if " val " in line] == [["2", "val"], ["5", "val"]]
+    assert sum(" train " in line for line in log) == 6
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
+    assert {"model", "config", "optimizer", "step", "val_loss", "train_config", "data_position", "rng_state"} <= set(ckpt)
+    assert ckpt["step"] == 6 and ckpt["config"]["n_layer"] == 2
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    s = run_script("sample.py", "--ckpt", tmp_path / "log" / "ckpt.pt", "--prompt", "ROMEO:", "--num_samples", 2, "--max_new_tokens", 5)
+    assert s.returncode == 0, s.stderr
+    assert "1> ROMEO:" in s.stdout and "2> ROMEO:" in s.stdout
+
+
+def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file):
+    flags = ["--max_steps", 40, "--eval_interval", 15, "--log_dir"]
+    full = train_run(tmp_path, text_file, *flags, tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    full_losses = step_losses(full.stdout)
+
+    # Ctrl-C a second run once it has printed step 2, then resume it
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--input_file", str(text_file), *map(str, TINY_FLAGS), *map(str, flags), str(tmp_path / "cut")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("step    2 "):
+            proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    output = "".join(output)
+    assert proc.returncode == 130, output + proc.stderr.read()
+    assert "--init_from resume" in output
+    ckpt = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
+    stopped = ckpt["step"]
+    assert 3 <= stopped < 40 and max(step_losses(output)) == stopped - 1
+
+    resumed = train_run(tmp_path, text_file, *flags, tmp_path / "cut", "--init_from", "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_losses = step_losses(resumed.stdout)
+    assert sorted(resumed_losses) == list(range(stopped, 40))
+    for step, loss in resumed_losses.items():
+        assert abs(loss - full_losses[step]) <= 1e-6, (step, loss, full_losses[step])
+    # the log reads as one run: every step once
+    log = (tmp_path / "cut" / "log.txt").read_text().splitlines()
+    assert [int(line.split()[0]) for line in log if " train " in line] == list(range(40))
+
+
+def test_fine_tune_from_hugging_face_directory(tmp_path, text_file, hf_dir_gpt2_vocab):
+    r = train_run(tmp_path, text_file, "--max_steps", 2, "--init_from", hf_dir_gpt2_vocab)
+    assert r.returncode == 0, r.stderr
+    assert "brings its own shape" in r.stdout and "n_embd=32 (was 64)" in r.stdout
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["n_embd"] == 32 and ckpt["config"]["vocab_size"] == 50257
+
+
+@pytest.fixture(scope="module")
+def hf_dir_gpt2_vocab(tmp_path_factory):
+    """A tiny Hugging Face GPT-2 with the real 50257-token vocabulary, to fine-tune on text."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, bos_token_id=50256, eos_token_id=50256)
+    path = tmp_path_factory.mktemp("hf_gpt2_vocab")
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Refusals: exit code 2, one line, no traceback
+
+
+def assert_refused(r, *phrases):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for phrase in phrases:
+        assert phrase in r.stderr, r.stderr
+
+
+def test_unknown_flag_and_wrong_type():
+    assert_refused(run_script("train.py", "--max_step", 3), "unrecognized arguments: --max_step")
+    assert_refused(run_script("train.py", "--max_steps", "ten"), "--max_steps", "invalid int value")
+    assert_refused(run_script("train.py", "--bias", "maybe"), "--bias")
+
+
+def test_text_too_short(tmp_path):
+    short = tmp_path / "short.txt"
+    text = "To be, or not to be. " * 40
+    short.write_text(text, encoding="utf-8")
+    n = len(train.get_tokenizer().encode(text))
+    r = run_script("train.py", "--input_file", short, "--log_dir", tmp_path / "log", *TINY_FLAGS)
+    assert_refused(r, f"has {n} tokens", f"validation split has {n - int(0.9 * n)}", "needs 65")
+
+
+def test_missing_or_binary_text(tmp_path):
+    r = run_script("train.py", "--input_file", tmp_path / "nope.txt", "--log_dir", tmp_path / "log", *TINY_FLAGS)
+    assert_refused(r, "no training text", "--input_file")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00" * 100)
+    r = run_script("train.py", "--input_file", binary, "--log_dir", tmp_path / "log", *TINY_FLAGS)
+    assert_refused(r, "UTF-8")
+
+
+def test_batch_size_must_divide(tmp_path, text_file):
+    assert_refused(train_run(tmp_path, text_file, "--total_batch_size", 100), "multiple of B x T", "--total_batch_size")
+
+
+def test_T_longer_than_block_size(tmp_path, text_file):
+    assert_refused(train_run(tmp_path, text_file, "--block_size", 16), "T=32", "block_size=16")
+
+
+def test_never_overwrites_a_checkpoint(tmp_path, text_file):
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "ckpt.pt").write_bytes(b"precious")
+    assert_refused(train_run(tmp_path, text_file, "--max_steps", 1), "exists", "--init_from resume")
+    assert (tmp_path / "log" / "ckpt.pt").read_bytes() == b"precious"
+
+
+def test_resume_without_checkpoint(tmp_path, text_file):
+    assert_refused(train_run(tmp_path, text_file, "--init_from", "resume"), "no ", "ckpt.pt")
+
+
+def test_pretrained_offline(tmp_path, text_file):
+    r = train_run(tmp_path, text_file, "--init_from", "gpt2", env_extra={"HF_HUB_CACHE": str(tmp_path / "empty")})
+    assert_refused(r, "not in the Hugging Face cache")
