@@ -99,6 +99,56 @@ class Block(nn.Module):
 
 
 # ----------------------------------------------------------------------------
+# A lean loss: cross-entropy without the full logits
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """cross_entropy(x @ weight.T, targets), computed a chunk of rows at a time.
+
+    The plain way holds the logits of every position at once: B x T x vocab_size
+    numbers (4 x 256 x 50304 floats = 206 MB for the default model), in float32
+    for the softmax, and again for their gradient. Here each chunk's logits are
+    made, turned into the chunk's loss and into the gradients for x and weight
+    right away (d loss / d logits = softmax - one_hot(target)), and freed.
+    backward() then only scales the gradients that forward() already summed.
+    The matrix products are the same ones the plain way does, so nothing is
+    computed twice."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_size):
+        # x (N, C) final hidden states, weight (V, C) the lm_head, targets (N,)
+        valid = targets != -1  # (N,) targets of -1 are left out of the mean
+        n_valid = valid.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, x.size(0), chunk_size):
+            rows = slice(start, start + chunk_size)
+            xc, tc = x[rows], targets[rows].clamp(min=0)  # (n, C), (n,)
+            logits = (xc @ weight.t()).float()  # (n, V), in the autocast dtype, softmax in float32
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            target_logit = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
+            loss += ((lse - target_logit) * valid[rows]).sum()
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
+            grad_logits[torch.arange(len(tc), device=x.device), tc] -= 1.0
+            grad_logits *= (valid[rows] / n_valid)[:, None]  # the mean's 1/N, and the ignored rows' 0
+            grad_logits = grad_logits.to(x.dtype)  # under autocast the two products below run in bf16
+            grad_x[rows] = grad_logits @ weight  # (n, C)
+            grad_weight += grad_logits.t() @ xc  # (V, C)
+        ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_weight = ctx.saved_tensors
+        return grad_x * grad_loss, grad_weight * grad_loss, None, None
+
+
+def chunked_cross_entropy(x, weight, targets, chunk_size=256):
+    return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
+
+
+# ----------------------------------------------------------------------------
 # The model
 
 
@@ -143,7 +193,12 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, return_logits=True):
+        """(logits, loss). With targets, the loss is the mean cross-entropy over all
+        positions (targets of -1 are left out); return_logits=False skips the
+        (B, T, vocab_size) logits and computes the loss in chunks, which training
+        does, since it needs only the loss. Without targets, only the last
+        position's logits are computed (see below)."""
         B, T = idx.size()  # idx holds token ids, (B, T)
         assert T <= self.config.block_size, f"sequence of {T} tokens, block_size is {self.config.block_size}"
         pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
@@ -152,16 +207,16 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)  # (B, T, C)
         x = self.transformer.ln_f(x)
-        if targets is not None:
-            logits = self.lm_head(x)  # (B, T, vocab_size)
-            # targets of -1 are ignored: a way to mask positions out of the loss
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
-        # Generating needs only the next token, so only the last position's logits
-        # are computed. The lm_head is the largest matrix product in a small model
-        # (n_embd x vocab_size per position): skipping T-1 of them saves most of it.
-        logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size); [-1] keeps the time dim
-        return logits, None
+        if targets is None:
+            # Generating needs only the next token, so only the last position's logits
+            # are computed. The lm_head is the largest matrix product in a small model
+            # (n_embd x vocab_size per position): skipping T-1 of them saves most of it.
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab_size); [-1] keeps the time dim
+        if not return_logits:
+            return None, chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices (2 or more dimensions: Linear weights

@@ -200,3 +200,40 @@ def test_top_k_restricts_and_clamps():
         assert token in allowed
     # top_k larger than the vocabulary is clamped instead of failing
     assert model.generate(idx, 2, top_k=10_000).shape == (1, 5)
+
+
+# ---------------------------------------------------------------------------
+# The chunked loss
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_chunked_cross_entropy_equals_plain_loss_and_gradients(chunk_size):
+    from model import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (40,))
+    targets[::5] = -1  # ignored positions
+
+    plain = torch.nn.functional.cross_entropy(x @ weight.t(), targets, ignore_index=-1)
+    gx, gw = torch.autograd.grad(plain * 3.0, (x, weight))  # an outer factor tests backward's scaling
+    chunked = chunked_cross_entropy(x, weight, targets, chunk_size)
+    cx, cw = torch.autograd.grad(chunked * 3.0, (x, weight))
+    assert torch.allclose(chunked, plain, atol=1e-6)
+    assert torch.allclose(cx, gx, atol=1e-6) and torch.allclose(cw, gw, atol=1e-6)
+
+
+def test_model_lean_loss_matches_plain_loss():
+    """forward(..., return_logits=False) gives the same loss and the same gradients
+    for every parameter, the tied embedding included."""
+    model = tiny_model()
+    idx, targets = torch.randint(0, 100, (2, 3, 32))
+    logits, plain = model(idx, targets)
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    no_logits, lean = model(idx, targets, return_logits=False)
+    lean_grads = torch.autograd.grad(lean, list(model.parameters()))
+    assert no_logits is None and logits.shape == (3, 32, 100)
+    assert abs(plain.item() - lean.item()) < 1e-6
+    for (name, _), a, b in zip(model.named_parameters(), plain_grads, lean_grads):
+        assert torch.allclose(a, b, atol=1e-6), name
