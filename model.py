@@ -1,14 +1,15 @@
 """
 A GPT-2 language model in one file, written to be read top to bottom.
 
-    GPTConfig        the hyperparameters that fix the model's shape
-    CausalSelfAttention, MLP, Block
-    GPT              embeddings -> n_layer blocks -> final LayerNorm -> logits
-    from_pretrained  OpenAI's GPT-2 weights (through Hugging Face transformers)
-    generate         sampling with temperature and top-k
+    GPTConfig            the hyperparameters that fix the model's shape
+    CausalSelfAttention, MLP, Block, and the KVCache that attention fills when generating
+    ChunkedCrossEntropy  the training loss, without holding all the logits at once
+    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits
+    from_pretrained      OpenAI's GPT-2 weights (through Hugging Face transformers)
+    generate             sampling with the cache, temperature, top-k and top-p
 
-At the end: the two helpers that train.py and sample.py share (the GPT-2
-tokenizer, built offline, and the choice of device).
+At the end: the helpers that train.py and sample.py share (checkpoints, the
+GPT-2 tokenizer built offline, the choice of device and dtype).
 
 Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
 so state dicts move between this file, nanoGPT and Hugging Face without renaming.
@@ -51,17 +52,21 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         # split the channels into heads: each head attends on its own
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            assert kv_cache.length == 0 or T == 1, "with a cache: the prompt at once, then one token at a time"
+            k, v = kv_cache.append(k, v)  # every position so far: (B, nh, past + T, hs)
         # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
-        # ("flash") kernel where it has one, so the (T, T) matrix is never stored
+        # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
+        # A single new token (T == 1) may look at every cached position: no mask.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -81,6 +86,31 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class KVCache:
+    """The keys and values of every token seen so far, for one attention layer.
+
+    Generating token t+1 needs the keys and values of tokens 1..t in every layer;
+    without a cache they are computed again for every new token. With it, the
+    prompt is processed once, and each new token computes only its own key and
+    value, appends them here, and attends to everything stored."""
+
+    def __init__(self, max_length):
+        self.max_length = max_length  # the model's block_size
+        self.k = self.v = None  # (B, nh, max_length, hs), allocated at the first append
+        self.length = 0  # positions filled so far
+
+    def append(self, k, v):
+        """Store k and v (B, nh, T, hs); return the keys and values of all positions so far."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = k.new_zeros(B, nh, self.max_length, hs)
+            self.v = v.new_zeros(B, nh, self.max_length, hs)
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]  # (B, nh, length, hs)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
@@ -91,9 +121,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         # the residual stream x is only ever added to, which keeps gradients flowing
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -193,19 +223,21 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, return_logits=True):
+    def forward(self, idx, targets=None, return_logits=True, kv_cache=None):
         """(logits, loss). With targets, the loss is the mean cross-entropy over all
         positions (targets of -1 are left out); return_logits=False skips the
         (B, T, vocab_size) logits and computes the loss in chunks, which training
         does, since it needs only the loss. Without targets, only the last
-        position's logits are computed (see below)."""
+        position's logits are computed (see below). kv_cache (from new_kv_cache)
+        holds the keys and values of earlier tokens, so idx holds only new ones."""
         B, T = idx.size()  # idx holds token ids, (B, T)
-        assert T <= self.config.block_size, f"sequence of {T} tokens, block_size is {self.config.block_size}"
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        past = kv_cache[0].length if kv_cache is not None else 0  # tokens already in the cache
+        assert past + T <= self.config.block_size, f"{past + T} positions, block_size is {self.config.block_size}"
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache[i] if kv_cache is not None else None)  # (B, T, C)
         x = self.transformer.ln_f(x)
         if targets is None:
             # Generating needs only the next token, so only the last position's logits
@@ -264,29 +296,67 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------
     # Sampling
 
+    def new_kv_cache(self):
+        return [KVCache(self.config.block_size) for _ in self.transformer.h]
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Append max_new_tokens tokens to each row of idx (B, T) and return (B, T + new).
-        temperature=0 picks the most likely token every time (greedy); otherwise
-        the logits are divided by the temperature (below 1: safer, above 1: wilder)
-        and, with top_k, all but the k most likely tokens are ruled out before
-        sampling. Pass a seeded torch.Generator to get the same tokens every time."""
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        generator=None, use_cache=True):
+        """Yield the next token of every row of idx (B, T), as a (B, 1) tensor, max_new_tokens
+        times. See sample_next_token for temperature, top_k, top_p and generator.
+        With the cache, only the newest token goes through the model at each step.
+        The model sees at most block_size tokens; once the sequence is longer, every
+        step processes the last block_size tokens afresh (their positions have all
+        shifted by one), exactly as without the cache."""
+        block_size = self.config.block_size
+        cache = None
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :]  # (B, vocab_size)
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    k = min(top_k, logits.size(-1))
-                    kth_best = torch.topk(logits, k).values[:, [-1]]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            if cache is not None and cache[0].length < block_size:
+                logits, _ = self(idx[:, -1:], kv_cache=cache)  # the newest token only
+            else:  # the first step, or no cache, or a full one
+                cache = self.new_kv_cache() if use_cache else None
+                logits, _ = self(idx[:, -block_size:], kv_cache=cache)
+            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+        """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
+        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        return torch.cat([idx, *steps], dim=1)
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token id per row of logits (B, vocab_size), as (B, 1).
+    temperature=0 picks the most likely token (greedy); otherwise the logits are
+    divided by the temperature (below 1: safer, above 1: wilder), top_k keeps only
+    the k most likely tokens, top_p only the most likely ones that together reach
+    probability p. generator: a seeded torch.Generator gives the same tokens every
+    time; a list of them, one per row, makes each row's draw its own, so a sample
+    comes out the same alone or in a batch."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        k = min(top_k, logits.size(-1))
+        kth_best = torch.topk(logits, k).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, vocab_size)
+    if top_p is not None and top_p < 1.0:
+        probs = keep_top_p(probs, top_p)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def keep_top_p(probs, p):
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probabilities
+    add up to at least p, zero the rest, and renormalise. probs: (B, vocab_size)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of all more likely tokens
+    sorted_probs[mass_before >= p] = 0.0  # the tokens above already reach p: this one is not needed
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 # The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
@@ -369,7 +439,7 @@ def _hf_to_our_state_dict(hf_sd, our_sd):
 
 
 # ----------------------------------------------------------------------------
-# Shared by train.py and sample.py: checkpoints, the GPT-2 tokenizer, the device
+# Shared by train.py and sample.py: checkpoints, the GPT-2 tokenizer, device and dtype
 
 
 def load_checkpoint(path, device="cpu"):
@@ -409,6 +479,28 @@ def get_tokenizer():
         special_tokens={"<|endoftext|>": 50256},
         explicit_n_vocab=50257,
     )
+
+
+def cpu_has_native_bf16():
+    """True on x86 CPUs with AVX512-BF16 or AMX instructions (PyTorch asks the CPU itself).
+    There bf16 matrix products run several times faster than float32; elsewhere bf16
+    would be emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_dtype(setting, device):
+    """'auto' means bfloat16 where the hardware multiplies it natively (CUDA GPUs that
+    support it, CPUs with AVX512-BF16 or AMX) and float32 elsewhere; 'float32' and
+    'bfloat16' are taken as given."""
+    if setting != "auto":
+        return setting
+    device_type = device.split(":")[0]
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cpu" and cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
 
 
 def pick_device(name="auto"):

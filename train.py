@@ -12,8 +12,11 @@ Edit the constants in Config, or pass them as flags (`python train.py --help`).
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import math
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, WeightsNotFound, get_tokenizer, load_checkpoint, pick_device
+from model import GPT, GPTConfig, WeightsNotFound, choose_dtype, get_tokenizer, pick_device
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.
@@ -60,11 +63,20 @@ class Config:
     eval_interval: int = 10  # evaluate and save a checkpoint every this many steps (and at the end)
     eval_steps: int = 10  # validation batches per evaluation (always the same ones)
     init_from: str = "scratch"  # scratch, resume (log_dir/ckpt.pt), or a GPT-2 name or Hugging Face directory
+    # speed (README's Performance section); each one can be turned off
+    dtype: str = "auto"  # auto: bfloat16 autocast where the hardware has native bf16 matmuls, else float32
+    compile: str = "auto"  # auto: torch.compile on CUDA and on CPUs with a C++ compiler; True or False to force
+    chunked_loss: bool = True  # compute the loss in chunks instead of materialising all the logits
+    threads: int = 0  # CPU threads; 0: one per physical core
 
     def __post_init__(self):
         if self.min_lr is None:
             self.min_lr = self.max_lr * 0.1
         self.betas = tuple(self.betas)
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise UsageError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
+        if self.compile.lower() not in ("auto", "true", "false"):
+            raise UsageError(f"compile must be auto, True or False, not {self.compile!r}")
 
 
 class UsageError(Exception):
@@ -89,13 +101,15 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def parse_flags(argv=None):
-    """The flags given on the command line, as a dict; flags not given are absent,
-    so that a resumed run can tell which constants the user wants to change."""
-    parser = OneLineArgumentParser(prog="train.py", description="Train a GPT on a text file.", allow_abbrev=False)
+def flag_parser(prog, description):
+    """An argparse parser with one flag per Config field, named and typed like the field.
+    Flags that are not given stay absent from the result (default=SUPPRESS), so that a
+    resumed run can tell which constants the user wants to change."""
+    parser = OneLineArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    comments = field_comments(Config)
     for field in dataclasses.fields(Config):
         default = field.default if field.name != "min_lr" else "max_lr * 0.1"
-        kwargs = dict(default=argparse.SUPPRESS, help=f"default: {default}")
+        kwargs = dict(default=argparse.SUPPRESS, help=f"{comments[field.name]} (default: {default})")
         if field.type is bool:
             kwargs["type"] = parse_bool
         elif field.type is tuple:
@@ -105,7 +119,20 @@ def parse_flags(argv=None):
         else:
             kwargs["type"] = field.type
         parser.add_argument(f"--{field.name}", **kwargs)
-    return vars(parser.parse_args(argv))
+    return parser
+
+
+def field_comments(cls):
+    """{field: its comment} read from the class's source, so that --help explains each
+    flag in the very words a learner reads at the top of this file."""
+    lines = inspect.getsource(cls).splitlines()
+    matches = (re.match(r"\s+(\w+): [^=]+= .*?  # (.*)$", line) for line in lines)
+    return {m[1]: m[2].replace("%", "%%") for m in matches if m}  # argparse formats help with %
+
+
+def parse_flags(argv=None):
+    """The constants given on the command line, as a dict."""
+    return vars(flag_parser("train.py", "Train a GPT on a text file.").parse_args(argv))
 
 
 # ----------------------------------------------------------------------------
@@ -214,11 +241,63 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def precision_context(device_type):
-    """bf16 autocast where it is native (CUDA GPUs since Ampere); elsewhere plain float32."""
-    if device_type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16), "bfloat16 autocast"
-    return nullcontext(), "float32"
+# ----------------------------------------------------------------------------
+# Speed: precision, threads, compilation
+
+
+def autocast_context(device_type, dtype):
+    """Mixed precision: under bf16 autocast the matrix products run in bfloat16, while
+    the weights, the optimizer and precision-sensitive ops (softmax, LayerNorm, the
+    loss) stay in float32. With float32 there is nothing to switch on."""
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def physical_cores():
+    """CPU cores this process may use, not counting hyper-threads, which share a core's
+    matrix units and only add contention. Falls back to logical CPUs off Linux."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
+                cores.add((package.read(), core.read()))
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def want_compile(setting, device_type):
+    """torch.compile fuses the many small element-wise operations (GELU, LayerNorm, adds)
+    into a few generated kernels. On CPU it needs a C++ compiler; on MPS it is young."""
+    if setting.lower() != "auto":
+        return setting.lower() == "true"
+    if device_type == "cuda":
+        return True
+    has_compiler = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    return device_type == "cpu" and has_compiler and sys.platform != "win32"
+
+
+def compile_model(model, cfg, device, ctx):
+    """The compiled model, compiled now on one dummy batch (compilation happens at the
+    first call, and is timed here), or the model itself if compilation fails."""
+    start = time.time()
+    try:
+        compiled = torch.compile(model)
+        x = torch.zeros(cfg.B, cfg.T, dtype=torch.long, device=device)
+        y = torch.zeros_like(x)  # a separate tensor: passing x twice would compile a special case
+        with ctx:
+            _, loss = compiled(x, y, return_logits=not cfg.chunked_loss)
+        loss.backward()
+    except Exception as e:  # no compiler, an unsupported platform or op: train without it
+        model.zero_grad(set_to_none=True)
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"torch.compile failed ({e.__class__.__name__}: {reason}); continuing without it")
+        return model, "off (failed)"
+    model.zero_grad(set_to_none=True)
+    return compiled, f"on ({time.time() - start:.1f}s)"
 
 
 class Interrupt:
@@ -261,7 +340,7 @@ def train_step(model, optimizer, loader, grad_accum_steps, cfg, device, ctx):
     for _ in range(grad_accum_steps):
         x, y = loader.next_batch()
         with ctx:
-            _, loss = model(x.to(device), y.to(device))
+            _, loss = model(x.to(device), y.to(device), return_logits=not cfg.chunked_loss)
         # backward() adds each micro-batch's gradient to .grad; dividing each loss by
         # the number of micro-batches makes that sum the mean over the whole batch
         loss = loss / grad_accum_steps
@@ -300,25 +379,36 @@ def trim_log(log_path, start_step):
         f.writelines(kept)
 
 
-def main(argv=None):
-    cfg, start = resolve_config(parse_flags(argv))
-    os.makedirs(cfg.log_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.log_dir, "ckpt.pt")
-    log_path = os.path.join(cfg.log_dir, "log.txt")
+def setup_device(cfg):
+    """Device, dtype and threads, chosen once: (device, device_type, dtype, autocast context)."""
+    device = pick_device(cfg.device)
+    device_type = device.split(":")[0]
+    if device_type == "cpu":
+        torch.set_num_threads(cfg.threads or physical_cores())
+    if device_type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in float32
+    dtype = choose_dtype(cfg.dtype, device_type)
+    return device, device_type, dtype, autocast_context(device_type, dtype)
 
-    grad_accum_steps = cfg.total_batch_size // (cfg.B * cfg.T)
-    if grad_accum_steps == 0 or cfg.total_batch_size % (cfg.B * cfg.T) != 0:
+
+def check_batch(cfg):
+    """The number of micro-batches per step, or a UsageError if B x T does not divide the batch."""
+    if cfg.total_batch_size % (cfg.B * cfg.T) != 0 or cfg.total_batch_size < cfg.B * cfg.T:
         raise UsageError(
             f"total_batch_size={cfg.total_batch_size} must be a multiple of B x T = {cfg.B} x {cfg.T} = "
             f"{cfg.B * cfg.T}: change --total_batch_size, --B or --T"
         )
+    return cfg.total_batch_size // (cfg.B * cfg.T)
 
-    device = pick_device(cfg.device)
-    device_type = device.split(":")[0]
+
+def main(argv=None):
+    cfg, start = resolve_config(parse_flags(argv))
+    grad_accum_steps = check_batch(cfg)
+    os.makedirs(cfg.log_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.log_dir, "ckpt.pt")
+    log_path = os.path.join(cfg.log_dir, "log.txt")
+    device, device_type, dtype, ctx = setup_device(cfg)
     torch.manual_seed(cfg.seed)
-    if device_type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in float32
-    ctx, dtype_name = precision_context(device_type)
 
     model = build_model(cfg, start)
     if cfg.T > model.config.block_size:
@@ -330,26 +420,28 @@ def main(argv=None):
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
     loader = DataLoader(train_tokens, cfg.B, cfg.T)
-    start_step = 0
+    compiled, compile_note = model, "off"
+    if want_compile(cfg.compile, device_type):
+        compiled, compile_note = compile_model(model, cfg, device, ctx)
     if start is not None:
         optimizer.load_state_dict(start["optimizer"])
         loader.position = start["data_position"]
-        start_step = start["step"]
         torch.set_rng_state(start["rng_state"])
-        trim_log(log_path, start_step)
-        print(f"resuming from {ckpt_path} at step {start_step}")
+        trim_log(log_path, start["step"])
+        print(f"resuming from {ckpt_path} at step {start['step']}")
     elif os.path.exists(log_path):
         os.remove(log_path)  # a new run starts a new log
-
     print(
-        f"device {device} | dtype {dtype_name} | threads {torch.get_num_threads()} | "
-        f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
-        f"grad accumulation steps {grad_accum_steps} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,}"
+        f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
+        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | parameters {model.num_params():,} | "
+        f"tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps} | "
+        f"train/val tokens {len(train_tokens):,}/{len(val_tokens):,}",
+        flush=True,
     )
 
     def checkpoint(step, val_loss):
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(),
+            "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
             "config": dataclasses.asdict(model.config),
             "optimizer": optimizer.state_dict(),
             "step": step,  # steps done: a resumed run starts here
@@ -362,29 +454,27 @@ def main(argv=None):
     interrupt = Interrupt()
     step_times = []
     val_loss = start["val_loss"] if start is not None else None
-    for step in range(start_step, cfg.max_steps):
+    for step in range(start["step"] if start is not None else 0, cfg.max_steps):
         last_step = step == cfg.max_steps - 1
         t0 = time.time()
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, norm = train_step(model, optimizer, loader, grad_accum_steps, cfg, device, ctx)
+        loss, norm = train_step(compiled, optimizer, loader, grad_accum_steps, cfg, device, ctx)
         if device_type == "cuda":
             torch.cuda.synchronize()  # the GPU works asynchronously: wait for it before timing
         dt = time.time() - t0
         step_times.append(dt)
-        # the first step includes one-off warm-up work, so it is left out of the estimate
-        typical = sum(step_times[1:]) / len(step_times[1:]) if len(step_times) > 1 else dt
-        eta = typical * (cfg.max_steps - step - 1)
         print(
             f"step {step:4d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
-            f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {eta // 60:.0f}m{eta % 60:02.0f}s",
+            f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {format_eta(step_times, cfg.max_steps - step - 1)}",
             flush=True,
         )
         with open(log_path, "a") as f:
             f.write(f"{step} train {loss:.6f}\n")
 
         if (step + 1) % cfg.eval_interval == 0 or last_step:
+            # the plain model: the compiled one would compile again for evaluation's no_grad
             val_loss = evaluate(model, val_tokens, cfg, device, ctx)
             print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
             with open(log_path, "a") as f:
@@ -393,12 +483,19 @@ def main(argv=None):
         elif interrupt.requested:
             checkpoint(step + 1, val_loss)
         if interrupt.requested and not last_step:
-            print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume"
-                  + (f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""))
+            log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
+            print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
             sys.exit(130)
 
     print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f}")
     print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
+
+
+def format_eta(step_times, steps_left):
+    """Time left at the typical step time; the first step, with its one-off warm-up, is left out."""
+    typical = sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
+    eta = typical * steps_left
+    return f"{eta // 60:.0f}m{eta % 60:02.0f}s"
 
 
 if __name__ == "__main__":

@@ -1,24 +1,9 @@
 """sample.py end to end in a subprocess: from a checkpoint, from a Hugging Face
 directory, and each way it refuses bad input (exit code 2, one line, no traceback)."""
 
-import dataclasses
 import time
 
-import pytest
-import torch
-
 from conftest import run_script
-from model import GPT, GPTConfig
-
-
-@pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    """A checkpoint as train.py writes it, with at least `model` and `config`."""
-    torch.manual_seed(0)
-    config = GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)
-    path = tmp_path_factory.mktemp("run") / "ckpt.pt"
-    torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config)}, path)
-    return path
 
 
 def samples(stdout):

@@ -2,9 +2,7 @@
 subprocess, resuming, Ctrl-C, the token cache and every refusal."""
 
 import copy
-import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,29 +12,12 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, TINY_FLAGS, run_script, step_losses
 from model import GPT, GPTConfig
-
-TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128]
-STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    """About 20k tokens of Shakespeare, enough for a tiny model's batches."""
-    with open(os.path.join(ROOT, "input"), encoding="utf-8") as f:
-        text = f.read(80_000)
-    path = tmp_path / "text.txt"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def train_run(tmp_path, text_file, *flags, **kwargs):
     return run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS, *flags, **kwargs)
-
-
-def step_losses(stdout):
-    return {int(step): float(loss) for step, loss in STEP_LINE.findall(stdout)}
 
 
 # ---------------------------------------------------------------------------

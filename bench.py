@@ -1,0 +1,336 @@
+"""
+How fast does this machine train the model, and which speed-ups earn their keep?
+
+    python bench.py                                           # train.py's default model and batch
+    python bench.py --n_layer 12 --n_head 12 --n_embd 768 --block_size 1024   # GPT-2 124M shape
+    python bench.py --sample                                  # sampling speed, GPT-2 124M shape
+
+Every train.py constant is also a flag here. Each mode (the plain float32 reference,
+each speed-up alone, and train.py's default combination) runs in a fresh process, so
+its peak memory is its own; the modes run in turn, then again in reverse order, so
+that a noisy neighbour does not favour one of them. A micro-step is one forward,
+backward and optimizer step on a B x T batch of random tokens.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import train
+from model import GPT, GPTConfig, choose_dtype, cpu_has_native_bf16, pretrained_config
+
+# (name, dtype, compile, chunked loss); "auto" is what train.py does by default
+MODES = [
+    ("float32 eager (reference)", "float32", "False", False),
+    ("bf16 autocast", "bfloat16", "False", False),
+    ("torch.compile", "float32", "True", False),
+    ("chunked loss", "float32", "False", True),
+    ("train.py default", "auto", "auto", True),
+]
+
+
+def parse_args(argv=None):
+    parser = train.flag_parser("bench.py", "Measure training throughput, mode against mode.")
+    parser.add_argument("--steps", type=int, default=5, help="timed micro-steps per mode and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed micro-steps first (after compiling)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the modes, alternating their order")
+    parser.add_argument("--sample", action="store_true", help="measure sampling (new tokens/sec) instead of training")
+    parser.add_argument("--repeats", type=int, default=3, help="--sample: timed generations per mode")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    args = vars(parser.parse_args(argv))
+    bench = {k: args.pop(k) for k in ("steps", "warmup", "rounds", "sample", "repeats", "child")}
+    return bench, args
+
+
+# ----------------------------------------------------------------------------
+# One mode, in its own process
+
+
+def reset_peak_memory():
+    """Linux keeps the process's peak resident memory (VmHWM); writing 5 to clear_refs
+    resets it, so that the peak measured is the training's, not start-up's or compilation's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(device_type):
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, since start
+
+
+def run_mode(flags, steps, warmup):
+    """Time one mode's micro-steps; returns a dict of figures."""
+    cfg = train.Config(**flags)
+    device, device_type, dtype, ctx = train.setup_device(cfg)
+    torch.manual_seed(cfg.seed)
+    shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
+    model = GPT(GPTConfig(**shape)).to(device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
+    compiled, compile_seconds = model, 0.0
+    if train.want_compile(cfg.compile, device_type):
+        start = time.time()
+        compiled, note = train.compile_model(model, cfg, device, ctx)
+        compile_seconds = time.time() - start
+        if note == "off (failed)":
+            raise SystemExit(f"bench.py: torch.compile failed here ({note}); run with --compile False")
+    x, y = torch.randint(0, cfg.vocab_size, (2, cfg.B, cfg.T), device=device)
+
+    def micro_step():
+        with ctx:
+            _, loss = compiled(x, y, return_logits=not cfg.chunked_loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        micro_step()
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_memory()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        micro_step()
+        times.append(time.perf_counter() - start)
+    return dict(times=times, compile_seconds=compile_seconds, peak_mb=peak_memory_mb(device_type), dtype=dtype,
+                compiled=compiled is not model, chunked=cfg.chunked_loss, flops_per_token=flops_per_token(model.config, cfg.T))
+
+
+def flops_per_token(config, T):
+    """Forward plus backward, counted the usual way: 6 per weight of every matrix product
+    (2 forward, 4 backward) plus the attention scores, 12 * n_layer * n_embd * T.
+    The token embedding counts once, as the lm_head; position embeddings are a lookup."""
+    with torch.device("meta"):
+        n = GPT(config).num_params(non_embedding=True)
+    return 6 * n + 12 * config.n_layer * config.n_embd * T
+
+
+# ----------------------------------------------------------------------------
+# The machine, and the table
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def matmul_peak_gflops(dtype, device, n=2048, repeats=5):
+    """This machine's own ceiling: the best GFLOP/s of a large square matrix product."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms up
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def native_bf16(device):
+    """Whether this device multiplies bf16 natively (train.py's dtype=auto picks it then)."""
+    return choose_dtype("auto", device) == "bfloat16"
+
+
+def modes_to_run(native):
+    """All modes, but no forced bf16 where it would be emulated: that takes hours, not minutes."""
+    return [mode for mode in MODES if native or mode[1] != "bfloat16"]
+
+
+def run_child(mode, flags, bench):
+    name, dtype, compile_, chunked = mode
+    args = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(bench["steps"]),
+            "--warmup", str(bench["warmup"]), "--dtype", dtype, "--compile", compile_, "--chunked_loss", str(chunked)]
+    for key, value in flags.items():
+        if key not in ("dtype", "compile", "chunked_loss"):
+            args += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return run_json(args, name)
+
+
+def run_json(args, name):
+    """Run a child process of this script and read the JSON line it prints last."""
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench.py: mode {name!r} failed:\n{result.stderr.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def print_machine(device_type):
+    print(f"cpu: {cpu_name()} | cores {train.physical_cores()} (logical {os.cpu_count()}) | "
+          f"native bf16 {cpu_has_native_bf16()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    if device_type == "cuda":
+        print(f"gpu: {torch.cuda.get_device_name()}")
+
+
+def bench_training(bench, flags):
+    cfg = train.Config(**flags)
+    device, device_type, _, _ = train.setup_device(cfg)
+    print_machine(device_type)
+    print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, vocab {cfg.vocab_size} | "
+          f"micro-batch B={cfg.B} x T={cfg.T} | {bench['warmup']} warm-up + {bench['steps']} timed micro-steps "
+          f"x {bench['rounds']} rounds per mode")
+    native = native_bf16(device)
+    modes = modes_to_run(native)
+    peak = {d: matmul_peak_gflops(getattr(torch, d), device) for d in ["float32"] + ["bfloat16"] * native}
+    print("matmul peak (2048^3): " + ", ".join(f"{d} {peak[d]:.0f} GFLOP/s" for d in sorted(peak, reverse=True)))
+
+    results = {mode[0]: [] for mode in modes}
+    for round_ in range(bench["rounds"]):
+        for mode in modes if round_ % 2 == 0 else modes[::-1]:
+            results[mode[0]].append(run_child(mode, flags, bench))
+            print(f"  round {round_ + 1}: {mode[0]} done", file=sys.stderr, flush=True)
+
+    labels = {name: name if name != "train.py default" else f"{name} ({describe(runs[0])})" for name, runs in results.items()}
+    width = max(map(len, labels.values()))
+    print()
+    print(f"{'mode':<{width}} {'tok/sec':>9} {'ms/micro-step':>14} {'speed-up':>9} {'GFLOP/s':>8} {'MFU':>6} "
+          f"{'peak MB':>8} {'compile s':>10}")
+    reference = None
+    for name, runs in results.items():
+        median = statistics.median(t for run in runs for t in run["times"])
+        tokens_per_sec = cfg.B * cfg.T / median
+        reference = reference or tokens_per_sec  # the first mode is the reference
+        gflops = runs[0]["flops_per_token"] * tokens_per_sec / 1e9
+        mfu = gflops / peak[runs[0]["dtype"]]
+        print(f"{labels[name]:<{width}} {tokens_per_sec:9.0f} {median * 1000:14.1f} {tokens_per_sec / reference:8.2f}x "
+              f"{gflops:8.1f} {mfu:6.1%} {max(r['peak_mb'] for r in runs):8.0f} {runs[0]['compile_seconds']:10.1f}")
+    for name in (mode[0] for mode in MODES if mode not in modes):
+        print(f"{name:<{width}} skipped: no native bf16 here, and emulated bf16 is far slower than float32")
+
+
+# ----------------------------------------------------------------------------
+# Sampling: batch 1, an 8-token prompt, 256 new tokens, GPT-2 124M shape, random weights
+
+SAMPLE_MODES = [  # (name, whose code, KV cache, dtype)
+    ("no cache, float32", "ours", False, "float32"),
+    ("cache, float32", "ours", True, "float32"),
+    ("cache, bfloat16", "ours", True, "bfloat16"),
+    ("Hugging Face generate, float32", "hf", True, "float32"),
+]
+PROMPT_TOKENS, NEW_TOKENS = 8, 256
+
+
+def run_sampling_mode(name, repeats):
+    """Time one sampling mode in this process; returns a dict of figures."""
+    _, whose, use_cache, dtype = next(mode for mode in SAMPLE_MODES if mode[0] == name)
+    before = current_memory_mb()
+    torch.manual_seed(0)
+    prompt = torch.randint(0, 50257, (1, PROMPT_TOKENS))
+    config = pretrained_config("gpt2")
+    if whose == "hf":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        model = GPT2LMHeadModel(GPT2Config()).eval()
+
+        def generate(n):
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50,
+                           max_new_tokens=n, min_new_tokens=n, pad_token_id=50256)
+    else:
+        model = GPT(config).eval().to(getattr(torch, dtype))
+
+        def generate(n):
+            model.generate(prompt, n, top_k=50, generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+
+    generate(8)  # warm-up
+    reset_peak_memory()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generate(NEW_TOKENS)
+        times.append(time.perf_counter() - start)
+    element = torch.finfo(getattr(torch, dtype)).bits // 8
+    weights_mb = sum(p.numel() for p in model.parameters()) * element / 2**20
+    # our cache holds block_size positions; Hugging Face's grows to prompt + new tokens
+    positions = config.block_size if whose == "ours" else PROMPT_TOKENS + NEW_TOKENS
+    cache_mb = 2 * config.n_layer * positions * config.n_embd * element / 2**20 if use_cache else 0.0
+    return dict(times=times, peak_mb=peak_memory_mb("cpu") - before, weights_mb=weights_mb, cache_mb=cache_mb)
+
+
+def current_memory_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def bench_sampling(bench):
+    torch.set_num_threads(train.physical_cores())
+    print_machine("cpu")
+    print(f"sampling: GPT-2 124M shape, random weights | batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
+          f"tokens, top_k 50 | median of {bench['repeats']} runs after a warm-up | CPU")
+    results = {}
+    for name, _, _, dtype in SAMPLE_MODES:
+        if dtype == "bfloat16" and not native_bf16("cpu"):
+            continue
+        args = [sys.executable, os.path.abspath(__file__), "--child", f"sample:{name}", "--repeats", str(bench["repeats"])]
+        results[name] = run_json(args, name)
+        print(f"  {name} done", file=sys.stderr, flush=True)
+    print()
+    width = max(map(len, results))
+    print(f"{'mode':<{width}} {'tokens/sec':>10} {'s per run':>10} {'vs no cache':>12} {'vs HF':>6} "
+          f"{'peak MB':>8} {'weights+cache MB':>17} {'ratio':>6}")
+    rate = {name: NEW_TOKENS / statistics.median(r["times"]) for name, r in results.items()}
+    for name, r in results.items():
+        own = r["weights_mb"] + r["cache_mb"]
+        print(f"{name:<{width}} {rate[name]:10.1f} {NEW_TOKENS / rate[name]:10.2f} "
+              f"{rate[name] / rate[SAMPLE_MODES[0][0]]:11.2f}x {rate[name] / rate[SAMPLE_MODES[-1][0]]:5.2f}x "
+              f"{r['peak_mb']:8.0f} {own:17.0f} {r['peak_mb'] / own:6.2f}")
+    if len(results) < len(SAMPLE_MODES):
+        print("cache, bfloat16: skipped: no native bf16 here, and emulated bf16 is far slower than float32")
+
+
+def main(argv=None):
+    bench, flags = parse_args(argv)
+    child = bench["child"]
+    if child is not None and child.startswith("sample:"):
+        print(json.dumps(run_sampling_mode(child[len("sample:"):], bench["repeats"])))
+    elif child is not None:
+        print(json.dumps(run_mode(flags, bench["steps"], bench["warmup"])))
+    elif bench["sample"]:
+        bench_sampling(bench)
+    else:
+        bench_training(bench, flags)
+
+
+def describe(run):
+    """What train.py's default turned on here, for example "bf16 + compile + chunked"."""
+    parts = [run["dtype"].replace("bfloat16", "bf16")] + ["compile"] * run["compiled"] + ["chunked"] * run["chunked"]
+    return " + ".join(parts)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except train.UsageError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

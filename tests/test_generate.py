@@ -1,0 +1,161 @@
+"""Generation: the key/value cache gives the same tokens as recomputing everything,
+top-p keeps the right tokens, samples stop where they should, streaming prints the
+same text as a batch."""
+
+import types
+
+import pytest
+import torch
+
+import sample
+from conftest import run_script
+from model import GPT, GPTConfig, get_tokenizer, keep_top_p, sample_next_token
+
+SHAPES = [
+    dict(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8),
+    dict(block_size=32, vocab_size=100, n_layer=2, n_head=4, n_embd=32),
+    dict(block_size=24, vocab_size=50, n_layer=3, n_head=2, n_embd=16, bias=False),
+]
+
+
+def model_of(shape, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**shape)).eval()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prompt_length", [1, 5, 40])  # 40 is longer than every block_size here
+def test_cache_gives_the_same_greedy_tokens(shape, prompt_length):
+    model = model_of(shape)
+    idx = torch.randint(0, shape["vocab_size"], (3, prompt_length), generator=torch.Generator().manual_seed(1))
+    new = 2 * shape["block_size"]  # runs past block_size, where the window starts to slide
+    with_cache = model.generate(idx, new, temperature=0, use_cache=True)
+    without = model.generate(idx, new, temperature=0, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cache_gives_the_same_sampled_tokens(shape):
+    model = model_of(shape)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+
+    def run(use_cache):
+        generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        return model.generate(idx, 40, temperature=1.0, top_k=10, top_p=0.9, generator=generators, use_cache=use_cache)
+
+    assert torch.equal(run(True), run(False))
+
+
+def test_cache_logits_match_full_forward():
+    model = model_of(SHAPES[1])
+    idx = torch.randint(0, 100, (2, 20))
+    cache = model.new_kv_cache()
+    model(idx[:, :12], kv_cache=cache)
+    for t in range(12, 20):
+        step_logits, _ = model(idx[:, t : t + 1], kv_cache=cache)
+        full_logits, _ = model(idx[:, : t + 1])
+        assert torch.allclose(step_logits, full_logits, atol=1e-5)
+    assert cache[0].length == 20 and cache[0].k.shape == (2, 4, 32, 8)
+
+
+def test_a_row_is_the_same_alone_or_in_a_batch():
+    model = model_of(SHAPES[1])
+    idx = torch.zeros(3, 2, dtype=torch.long)
+    batch = model.generate(idx, 15, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    alone = model.generate(idx[:1], 15, generator=[torch.Generator().manual_seed(2)])
+    assert torch.equal(batch[1:2], alone)
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    probs = torch.tensor([[0.1, 0.5, 0.1, 0.3]])
+    assert torch.allclose(keep_top_p(probs, 0.7), torch.tensor([[0.0, 0.625, 0.0, 0.375]]))
+    assert torch.allclose(keep_top_p(probs, 0.5), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))  # 0.5 alone reaches 0.5
+    kept = keep_top_p(probs, 0.85)  # 0.5 + 0.3 = 0.8 is short of 0.85: one of the 0.1s joins
+    assert (kept > 0).sum() == 3 and torch.isclose(kept.sum(), torch.tensor(1.0))
+    assert torch.allclose(keep_top_p(probs, 1.0), probs)
+
+
+def test_sampling_respects_top_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.1, 0.5, 0.1, 0.3]]))
+    drawn = {sample_next_token(logits, top_p=0.7, generator=torch.Generator().manual_seed(s)).item() for s in range(50)}
+    assert drawn == {1, 3}
+    assert sample_next_token(logits, temperature=0).item() == 1
+
+
+# ---------------------------------------------------------------------------
+# Stopping, in sample.py's generate, with a model that plays back given tokens
+
+
+class Playback:
+    """Stands in for GPT: generate_stream yields the given tokens, one row each."""
+
+    def __init__(self, *rows):
+        self.rows = rows
+
+    def generate_stream(self, idx, max_new_tokens, **kwargs):
+        for column in list(zip(*self.rows))[:max_new_tokens]:
+            yield torch.tensor(column)[:, None]
+
+
+def run_generate(model, stop=None, stop_at_eot=True, max_new_tokens=10):
+    enc = get_tokenizer()
+    args = types.SimpleNamespace(device="cpu", stop=stop, stop_at_eot=stop_at_eot, max_new_tokens=max_new_tokens,
+                                 temperature=1.0, top_k=None, top_p=1.0, no_cache=False)
+    prompt = "ROMEO:"
+    return sample.generate(model, enc, enc.encode(prompt), prompt, [None] * len(model.rows), args)
+
+
+def test_stops_at_end_of_text():
+    enc = get_tokenizer()
+    a, b = enc.encode(" Good night"), enc.encode(" Parting is such")
+    first = a + [enc.eot_token] + enc.encode(" after")
+    second = b + enc.encode(" sweet sorrow")
+    padding = len(second) - len(first)
+    assert padding > 0
+    rows = (first + [enc.eot_token] * padding, second)
+    texts, _ = run_generate(Playback(*rows))
+    assert texts == ["ROMEO: Good night", "ROMEO: Parting is such sweet sorrow"]
+    texts, _ = run_generate(Playback(*rows), stop_at_eot=False)
+    assert texts[0] == "ROMEO: Good night<|endoftext|> after" + "<|endoftext|>" * padding
+
+
+def test_stops_after_a_stop_string():
+    enc = get_tokenizer()
+    tokens = enc.encode(" Good night, good night!\n\nJULIET:\nParting")
+    texts, n = run_generate(Playback(tokens), stop="\n\n", max_new_tokens=50)
+    assert texts == ["ROMEO: Good night, good night!\n\n"]
+    assert n < len(tokens)  # generation ended early
+    # a stop string inside the prompt does not count
+    texts, _ = run_generate(Playback(enc.encode(" soft")), stop="ROMEO")
+    assert texts == ["ROMEO: soft"]
+
+
+def test_padded_vocabulary_ids_are_no_text():
+    texts, _ = run_generate(Playback([50300, 11]), max_new_tokens=2)
+    assert texts == ["ROMEO:,"]
+
+
+# ---------------------------------------------------------------------------
+# sample.py end to end
+
+
+def test_stream_prints_the_same_text(ckpt_path):
+    args = ("--ckpt", ckpt_path, "--prompt", "ROMEO:", "--num_samples", 3, "--max_new_tokens", 20, "--dtype", "float32")
+    batch = run_script("sample.py", *args)
+    streamed = run_script("sample.py", *args, "--stream")
+    assert batch.returncode == 0 and streamed.returncode == 0, batch.stderr + streamed.stderr
+    assert streamed.stdout == batch.stdout and batch.stdout.count("> ROMEO:") == 3
+    assert "tokens/sec" in batch.stderr and "tokens/sec" in streamed.stderr
+    stop = ("--stop", "e")
+    assert run_script("sample.py", *args, *stop, "--stream").stdout == run_script("sample.py", *args, *stop).stdout
+
+
+def test_cache_and_no_cache_print_the_same(ckpt_path):
+    args = ("--ckpt", ckpt_path, "--num_samples", 2, "--max_new_tokens", 40, "--dtype", "float32", "--temperature", 0)
+    assert run_script("sample.py", *args).stdout == run_script("sample.py", *args, "--no_cache").stdout
+
+
+def test_help_lists_the_flags():
+    out = run_script("sample.py", "--help").stdout
+    for flag in ("--top_p", "--stop_at_eot", "--stop", "--stream", "--dtype", "--num_samples", "--seed"):
+        assert flag in out

@@ -1,0 +1,136 @@
+"""The speed-ups: dtype choice, bf16 accuracy, compile and its fallback, threads, bench.py."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import model as model_py
+import train
+from conftest import TINY_FLAGS, run_script, step_losses
+from model import GPT, GPTConfig
+
+
+def test_dtype_forced_or_chosen(monkeypatch):
+    assert model_py.choose_dtype("float32", "cpu") == "float32"
+    assert model_py.choose_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(model_py, "cpu_has_native_bf16", lambda: True)
+    assert model_py.choose_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(model_py, "cpu_has_native_bf16", lambda: False)
+    assert model_py.choose_dtype("auto", "cpu") == "float32"
+    assert model_py.choose_dtype("auto", "mps") == "float32"
+
+
+def test_native_bf16_detection_asks_the_cpu():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = open("/proc/cpuinfo").read().split()
+    assert model_py.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_bad_dtype_or_compile_value():
+    with pytest.raises(train.UsageError, match="dtype must be"):
+        train.Config(dtype="float16")
+    with pytest.raises(train.UsageError, match="compile must be"):
+        train.Config(compile="maybe")
+
+
+def test_bf16_autocast_tracks_float32():
+    """bf16 keeps 8 bits of mantissa (about 0.4% relative error per number), but only
+    inside the matrix products: weights, optimizer state, softmax and LayerNorm stay in
+    float32. So 40 steps from the same seed should give nearly the same loss curve:
+    we allow 0.05 (1% of a loss around 5), far below the 2.5 the curve falls."""
+    tokens = np.random.default_rng(0).integers(0, 512, size=20_000).astype(np.uint16)
+    cfg = train.Config(grad_clip=1.0)
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64))
+        optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
+        loader = train.DataLoader(tokens[:2 * 64 + 1], 2, 64)  # one batch, again and again: loss falls fast
+        ctx = train.autocast_context("cpu", dtype)
+        curves[dtype] = [train.train_step(model, optimizer, loader, 2, cfg, "cpu", ctx)[0] for _ in range(40)]
+    f32, bf16 = np.array(curves["float32"]), np.array(curves["bfloat16"])
+    assert f32[0] - f32[-1] > 2.5  # it learned
+    assert np.abs(f32 - bf16).max() < 0.05, np.abs(f32 - bf16).max()
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
+    def broken_compile(model):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no C++ compiler\nmore lines")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
+    cfg = train.Config(B=1, T=16)
+    compiled, note = train.compile_model(model, cfg, "cpu", train.nullcontext())
+    assert compiled is model and note == "off (failed)"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "torch.compile failed (RuntimeError: no C++ compiler)" in out
+
+
+def test_compile_without_a_compiler_trains_in_eager_mode(tmp_path, text_file):
+    r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
+                   "--compile", "True", "--max_steps", 2, env_extra={"CXX": "/nonexistent/g++"})
+    assert r.returncode == 0, r.stderr
+    assert "torch.compile failed" in r.stdout and "compile off (failed)" in r.stdout
+    assert sorted(step_losses(r.stdout)) == [0, 1]
+
+
+def test_compiled_training_matches_eager(tmp_path, text_file):
+    def run(compile_, log):
+        r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / log, *TINY_FLAGS,
+                       "--dtype", "float32", "--compile", compile_, "--max_steps", 3)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    compiled, eager = run("True", "c"), run("False", "e")
+    assert "compile on" in compiled and "compile off" in eager
+    for step, loss in step_losses(eager).items():
+        assert abs(step_losses(compiled)[step] - loss) < 1e-4
+
+
+def test_start_up_line_says_what_is_on(tmp_path, text_file):
+    r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
+                   "--dtype", "bfloat16", "--chunked_loss", "False", "--threads", 1, "--max_steps", 1)
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    for part in ("dtype bfloat16", "threads 1", "compile off", "chunked loss off"):
+        assert part in first
+
+
+def test_physical_cores():
+    assert 1 <= train.physical_cores() <= os.cpu_count()
+
+
+def test_bench_never_times_emulated_bf16():
+    names = lambda modes: [mode[0] for mode in modes]
+    assert names(bench.modes_to_run(True)) == names(bench.MODES)
+    assert names(bench.modes_to_run(False)) == [
+        "float32 eager (reference)", "torch.compile", "chunked loss", "train.py default"]
+
+
+def test_bench_prints_the_table():
+    # the table's shape is what is tested here; compiling is tested above, so it is skipped
+    # (TORCHDYNAMO_DISABLE turns torch.compile into a no-op) to save a minute
+    r = run_script("bench.py", "--n_layer", 1, "--n_head", 2, "--n_embd", 32, "--block_size", 32, "--B", 1, "--T", 32,
+                   "--steps", 1, "--warmup", 1, "--rounds", 1, env_extra={"TORCHDYNAMO_DISABLE": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("cpu: ") and "torch " in lines[0] and "threads" in lines[0]
+    assert any(line.startswith("matmul peak") for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("mode "))
+    for column in ("tok/sec", "ms/micro-step", "speed-up", "GFLOP/s", "MFU", "peak MB", "compile s"):
+        assert column in lines[header]
+    rows = lines[header + 1 :]
+    names = [row.split("  ")[0].strip() for row in rows]
+    assert rows[0].startswith("float32 eager (reference)") and rows[0].split()[-5] == "1.00x"
+    assert any(row.startswith("train.py default (") for row in rows)
+    if bench.native_bf16("cpu"):
+        assert names[:4] == ["float32 eager (reference)", "bf16 autocast", "torch.compile", "chunked loss"]
+    else:  # timed in float32 only; the bf16 row says why it is missing
+        assert names[:3] == ["float32 eager (reference)", "torch.compile", "chunked loss"]
+        assert rows[-1].startswith("bf16 autocast") and "skipped: no native bf16" in rows[-1]
