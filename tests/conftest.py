@@ -50,6 +50,7 @@ def run_script(script, *args, cwd=None, env_extra=None, timeout=300):
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
+
 # a model small enough to train in a blink, compiled only where a test asks for it
 TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--compile", "False"]
 # the step line train.py prints, as the README shows it
