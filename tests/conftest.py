@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny random GPT-2 saved the Hugging Face way, and helpers to
-run the scripts in a subprocess, all offline."""
+"""Shared fixtures and helpers: tiny models, a tiny random GPT-2 saved the Hugging Face
+way, a short text, and running the scripts in a subprocess, all offline.
+
+Two tiers: tests marked `slow` start the real scripts in subprocesses; the rest run in
+this process in seconds. `python -m pytest -q -m "not slow" tests` is the inner loop."""
 
 import dataclasses
 import os
@@ -12,6 +15,18 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts a script in a subprocess (deselect with -m \"not slow\")")
+
+
+def tiny_model(seed=0, **shape):
+    """A small random GPT in eval mode; shape overrides the default tiny shape."""
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY_SHAPE, **shape})).eval()
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +66,23 @@ def run_script(script, *args, cwd=None, env_extra=None, timeout=300):
     )
 
 
+def assert_refused(r, *phrases):
+    """A script run that refused its input the one way: exit code 2, one line on stderr
+    holding every phrase, no traceback."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for phrase in phrases:
+        assert phrase in r.stderr, r.stderr
+
+
+def train_run(tmp_path, text_file, *flags, **kwargs):
+    """train.py on text_file with the tiny model, logging into tmp_path/log unless flags say otherwise."""
+    return run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS, *flags, **kwargs)
+
+
+# the shape tiny_model builds
+TINY_SHAPE = dict(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
 # a model small enough to train in a blink, compiled only where a test asks for it
 TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--compile", "False"]
 # the step line train.py prints, as the README shows it

@@ -2,14 +2,13 @@
 top-p keeps the right tokens, samples stop where they should, streaming prints the
 same text as a batch."""
 
-import types
-
 import pytest
 import torch
 
 import sample
-from conftest import run_script
-from model import GPT, GPTConfig, get_tokenizer, keep_top_p, sample_next_token
+from conftest import run_script, tiny_model
+from data import get_tokenizer
+from model import keep_top_p, sample_next_token
 
 SHAPES = [
     dict(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8),
@@ -18,15 +17,10 @@ SHAPES = [
 ]
 
 
-def model_of(shape, seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**shape)).eval()
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("prompt_length", [1, 5, 40])  # 40 is longer than every block_size here
 def test_cache_gives_the_same_greedy_tokens(shape, prompt_length):
-    model = model_of(shape)
+    model = tiny_model(**shape)
     idx = torch.randint(0, shape["vocab_size"], (3, prompt_length), generator=torch.Generator().manual_seed(1))
     new = 2 * shape["block_size"]  # runs past block_size, where the window starts to slide
     with_cache = model.generate(idx, new, temperature=0, use_cache=True)
@@ -36,7 +30,7 @@ def test_cache_gives_the_same_greedy_tokens(shape, prompt_length):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cache_gives_the_same_sampled_tokens(shape):
-    model = model_of(shape)
+    model = tiny_model(**shape)
     idx = torch.zeros(2, 3, dtype=torch.long)
 
     def run(use_cache):
@@ -47,7 +41,7 @@ def test_cache_gives_the_same_sampled_tokens(shape):
 
 
 def test_cache_logits_match_full_forward():
-    model = model_of(SHAPES[1])
+    model = tiny_model(**SHAPES[1])
     idx = torch.randint(0, 100, (2, 20))
     cache = model.new_kv_cache()
     model(idx[:, :12], kv_cache=cache)
@@ -59,7 +53,7 @@ def test_cache_logits_match_full_forward():
 
 
 def test_a_row_is_the_same_alone_or_in_a_batch():
-    model = model_of(SHAPES[1])
+    model = tiny_model(**SHAPES[1])
     idx = torch.zeros(3, 2, dtype=torch.long)
     batch = model.generate(idx, 15, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
     alone = model.generate(idx[:1], 15, generator=[torch.Generator().manual_seed(2)])
@@ -99,10 +93,9 @@ class Playback:
 
 def run_generate(model, stop=None, stop_at_eot=True, max_new_tokens=10):
     enc = get_tokenizer()
-    args = types.SimpleNamespace(device="cpu", stop=stop, stop_at_eot=stop_at_eot, max_new_tokens=max_new_tokens,
-                                 temperature=1.0, top_k=None, top_p=1.0, no_cache=False)
+    cfg = sample.Config(device="cpu", stop=stop, stop_at_eot=stop_at_eot, max_new_tokens=max_new_tokens)
     prompt = "ROMEO:"
-    return sample.generate(model, enc, enc.encode(prompt), prompt, [None] * len(model.rows), args)
+    return sample.generate(model, enc, enc.encode(prompt), prompt, [None] * len(model.rows), cfg)
 
 
 def test_stops_at_end_of_text():
@@ -139,6 +132,7 @@ def test_padded_vocabulary_ids_are_no_text():
 # sample.py end to end
 
 
+@pytest.mark.slow
 def test_stream_prints_the_same_text(ckpt_path):
     args = ("--ckpt", ckpt_path, "--prompt", "ROMEO:", "--num_samples", 3, "--max_new_tokens", 20, "--dtype", "float32")
     batch = run_script("sample.py", *args)
@@ -150,12 +144,16 @@ def test_stream_prints_the_same_text(ckpt_path):
     assert run_script("sample.py", *args, *stop, "--stream").stdout == run_script("sample.py", *args, *stop).stdout
 
 
+@pytest.mark.slow
 def test_cache_and_no_cache_print_the_same(ckpt_path):
     args = ("--ckpt", ckpt_path, "--num_samples", 2, "--max_new_tokens", 40, "--dtype", "float32", "--temperature", 0)
-    assert run_script("sample.py", *args).stdout == run_script("sample.py", *args, "--no_cache").stdout
+    with_cache, without = run_script("sample.py", *args), run_script("sample.py", *args, "--kv_cache", "False")
+    assert with_cache.returncode == 0 and without.returncode == 0, with_cache.stderr + without.stderr
+    assert with_cache.stdout == without.stdout and with_cache.stdout.count("> ") == 2
 
 
+@pytest.mark.slow
 def test_help_lists_the_flags():
     out = run_script("sample.py", "--help").stdout
-    for flag in ("--top_p", "--stop_at_eot", "--stop", "--stream", "--dtype", "--num_samples", "--seed"):
+    for flag in ("--top_p", "--stop_at_eot", "--stop", "--stream", "--dtype", "--num_samples", "--seed", "--kv_cache"):
         assert flag in out

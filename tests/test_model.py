@@ -5,14 +5,9 @@ import math
 import pytest
 import torch
 
-from model import GPT, PRETRAINED, GPTConfig, pretrained_config
-
-TINY = dict(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
-
-
-def tiny_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+from conftest import tiny_model
+from model import GPT, PRETRAINED, GPTConfig, hf_to_our_state_dict, pretrained_config
+from speed import TrainingLoss, chunked_cross_entropy
 
 
 # ---------------------------------------------------------------------------
@@ -59,18 +54,16 @@ def test_from_pretrained_overrides_dropout_only(hf_dir):
 
 
 def test_from_pretrained_checks_shapes():
-    from model import _hf_to_our_state_dict
-
     ours = tiny_model().state_dict()
     theirs = {k: v.clone() for k, v in ours.items()}
     for k in theirs:  # Hugging Face stores these four transposed (Conv1D)
         if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
             theirs[k] = theirs[k].t()
-    assert torch.equal(_hf_to_our_state_dict(theirs, ours)["transformer.h.0.mlp.c_fc.weight"],
+    assert torch.equal(hf_to_our_state_dict(theirs, ours)["transformer.h.0.mlp.c_fc.weight"],
                        ours["transformer.h.0.mlp.c_fc.weight"])
     theirs["transformer.wpe.weight"] = torch.zeros(5, 32)
     with pytest.raises(ValueError, match="transformer.wpe.weight"):
-        _hf_to_our_state_dict(theirs, ours)
+        hf_to_our_state_dict(theirs, ours)
 
 
 @pytest.mark.parametrize(
@@ -208,8 +201,6 @@ def test_top_k_restricts_and_clamps():
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
 def test_chunked_cross_entropy_equals_plain_loss_and_gradients(chunk_size):
-    from model import chunked_cross_entropy
-
     torch.manual_seed(0)
     x = torch.randn(40, 16, requires_grad=True)
     weight = torch.randn(100, 16, requires_grad=True)
@@ -224,16 +215,17 @@ def test_chunked_cross_entropy_equals_plain_loss_and_gradients(chunk_size):
     assert torch.allclose(cx, gx, atol=1e-6) and torch.allclose(cw, gw, atol=1e-6)
 
 
-def test_model_lean_loss_matches_plain_loss():
-    """forward(..., return_logits=False) gives the same loss and the same gradients
-    for every parameter, the tied embedding included."""
+def test_training_loss_chunked_matches_plain_loss():
+    """The chunked training loss gives the model's own loss and the same gradients for
+    every parameter, the tied embedding included."""
     model = tiny_model()
     idx, targets = torch.randint(0, 100, (2, 3, 32))
     logits, plain = model(idx, targets)
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    no_logits, lean = model(idx, targets, return_logits=False)
+    lean = TrainingLoss(model, chunked=True)(idx, targets)
     lean_grads = torch.autograd.grad(lean, list(model.parameters()))
-    assert no_logits is None and logits.shape == (3, 32, 100)
+    assert logits.shape == (3, 32, 100)
+    assert TrainingLoss(model, chunked=False)(idx, targets).item() == plain.item()
     assert abs(plain.item() - lean.item()) < 1e-6
     for (name, _), a, b in zip(model.named_parameters(), plain_grads, lean_grads):
         assert torch.allclose(a, b, atol=1e-6), name

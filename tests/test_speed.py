@@ -1,39 +1,64 @@
 """The speed-ups: dtype choice, bf16 accuracy, compile and its fallback, threads, bench.py."""
 
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 
 import bench
-import model as model_py
+import speed
 import train
-from conftest import TINY_FLAGS, run_script, step_losses
-from model import GPT, GPTConfig
+from cli import UsageError
+from conftest import TINY_FLAGS, run_script, step_losses, tiny_model
+from data import DataLoader
+from speed import TrainingLoss
 
 
 def test_dtype_forced_or_chosen(monkeypatch):
-    assert model_py.choose_dtype("float32", "cpu") == "float32"
-    assert model_py.choose_dtype("bfloat16", "cpu") == "bfloat16"
-    monkeypatch.setattr(model_py, "cpu_has_native_bf16", lambda: True)
-    assert model_py.choose_dtype("auto", "cpu") == "bfloat16"
-    monkeypatch.setattr(model_py, "cpu_has_native_bf16", lambda: False)
-    assert model_py.choose_dtype("auto", "cpu") == "float32"
-    assert model_py.choose_dtype("auto", "mps") == "float32"
+    assert speed.choose_dtype("float32", "cpu") == "float32"
+    assert speed.choose_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    assert speed.choose_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
+    assert speed.choose_dtype("auto", "cpu") == "float32"
+    assert speed.choose_dtype("auto", "mps") == "float32"
+
+
+@pytest.mark.parametrize("available, expected", [
+    ({"cuda", "xpu", "mps"}, "cuda"),
+    ({"xpu", "mps"}, "xpu"),
+    ({"mps"}, "mps"),
+    (set(), "cpu"),
+])
+def test_auto_device_order_is_cuda_xpu_mps_cpu(monkeypatch, available, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: "cuda" in available)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: "xpu" in available)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: "mps" in available)
+    assert speed.pick_device("auto") == expected
+    assert speed.pick_device("cpu") == "cpu"  # a name is taken as given
+
+
+def test_xpu_dtype_follows_its_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.xpu, "is_bf16_supported", lambda: True)
+    assert speed.choose_dtype("auto", "xpu") == "bfloat16"
+    monkeypatch.setattr(torch.xpu, "is_bf16_supported", lambda: False)
+    assert speed.choose_dtype("auto", "xpu:0") == "float32"
+    assert speed.want_compile("auto", "xpu") is False
 
 
 def test_native_bf16_detection_asks_the_cpu():
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo to compare with")
     flags = open("/proc/cpuinfo").read().split()
-    assert model_py.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert speed.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_bad_dtype_or_compile_value():
-    with pytest.raises(train.UsageError, match="dtype must be"):
+    with pytest.raises(UsageError, match="dtype: expected one of auto, float32, bfloat16"):
         train.Config(dtype="float16")
-    with pytest.raises(train.UsageError, match="compile must be"):
+    with pytest.raises(UsageError, match="compile: expected auto, True or False"):
         train.Config(compile="maybe")
 
 
@@ -46,12 +71,12 @@ def test_bf16_autocast_tracks_float32():
     cfg = train.Config(grad_clip=1.0)
     curves = {}
     for dtype in ("float32", "bfloat16"):
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64))
+        model = tiny_model(block_size=64, vocab_size=512, n_embd=64).train()
         optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
-        loader = train.DataLoader(tokens[:2 * 64 + 1], 2, 64)  # one batch, again and again: loss falls fast
-        ctx = train.autocast_context("cpu", dtype)
-        curves[dtype] = [train.train_step(model, optimizer, loader, 2, cfg, "cpu", ctx)[0] for _ in range(40)]
+        loader = DataLoader(tokens[:2 * 64 + 1], 2, 64)  # one batch, again and again: loss falls fast
+        ctx = speed.autocast_context("cpu", dtype)
+        train_loss = TrainingLoss(model)
+        curves[dtype] = [train.train_step(train_loss, optimizer, loader, 2, cfg, "cpu", ctx)[0] for _ in range(40)]
     f32, bf16 = np.array(curves["float32"]), np.array(curves["bfloat16"])
     assert f32[0] - f32[-1] > 2.5  # it learned
     assert np.abs(f32 - bf16).max() < 0.05, np.abs(f32 - bf16).max()
@@ -64,14 +89,15 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
+    train_loss = TrainingLoss(tiny_model(block_size=16, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
     cfg = train.Config(B=1, T=16)
-    compiled, note = train.compile_model(model, cfg, "cpu", train.nullcontext())
-    assert compiled is model and note == "off (failed)"
+    compiled, note = train.compile_training_loss(train_loss, cfg, "cpu", nullcontext())
+    assert compiled is train_loss and note == "off (failed)"
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "torch.compile failed (RuntimeError: no C++ compiler)" in out
 
 
+@pytest.mark.slow
 def test_compile_without_a_compiler_trains_in_eager_mode(tmp_path, text_file):
     r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
                    "--compile", "True", "--max_steps", 2, env_extra={"CXX": "/nonexistent/g++"})
@@ -80,6 +106,7 @@ def test_compile_without_a_compiler_trains_in_eager_mode(tmp_path, text_file):
     assert sorted(step_losses(r.stdout)) == [0, 1]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, text_file):
     def run(compile_, log):
         r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / log, *TINY_FLAGS,
@@ -93,6 +120,7 @@ def test_compiled_training_matches_eager(tmp_path, text_file):
         assert abs(step_losses(compiled)[step] - loss) < 1e-4
 
 
+@pytest.mark.slow
 def test_start_up_line_says_what_is_on(tmp_path, text_file):
     r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
                    "--dtype", "bfloat16", "--chunked_loss", "False", "--threads", 1, "--max_steps", 1)
@@ -103,7 +131,7 @@ def test_start_up_line_says_what_is_on(tmp_path, text_file):
 
 
 def test_physical_cores():
-    assert 1 <= train.physical_cores() <= os.cpu_count()
+    assert 1 <= speed.physical_cores() <= os.cpu_count()
 
 
 def test_bench_never_times_emulated_bf16():
@@ -113,6 +141,7 @@ def test_bench_never_times_emulated_bf16():
         "float32 eager (reference)", "torch.compile", "chunked loss", "train.py default"]
 
 
+@pytest.mark.slow
 def test_bench_prints_the_table():
     # the table's shape is what is tested here; compiling is tested above, so it is skipped
     # (TORCHDYNAMO_DISABLE turns torch.compile into a no-op) to save a minute

@@ -2,7 +2,7 @@
 
 import tiktoken
 
-from model import get_tokenizer
+from data import get_tokenizer
 
 
 def test_known_ids():

@@ -6,18 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 
+import data
 import train
-from conftest import ROOT, TINY_FLAGS, run_script, step_losses
-from model import GPT, GPTConfig
-
-
-def train_run(tmp_path, text_file, *flags, **kwargs):
-    return run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS, *flags, **kwargs)
+from conftest import ROOT, TINY_FLAGS, assert_refused, run_script, step_losses, tiny_model, train_run
+from data import DataLoader, get_tokenizer
+from speed import TrainingLoss
 
 
 # ---------------------------------------------------------------------------
@@ -38,14 +37,13 @@ def test_lr_schedule():
 
 
 def test_gradient_accumulation_equals_big_batch():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    model = tiny_model(block_size=16, vocab_size=50, n_embd=16).train()
     big = copy.deepcopy(model)
     tokens = np.random.default_rng(0).integers(0, 50, size=1000).astype(np.uint16)
     cfg = train.Config(grad_clip=1e9)  # no clipping, so .grad is the raw gradient
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # step() leaves the weights alone
-    train.train_step(model, optimizer, train.DataLoader(tokens, 2, 16), 4, cfg, "cpu", train.nullcontext())
-    x, y = train.DataLoader(tokens, 8, 16).next_batch()  # the same 8 sequences in one batch
+    train.train_step(TrainingLoss(model), optimizer, DataLoader(tokens, 2, 16), 4, cfg, "cpu", nullcontext())
+    x, y = DataLoader(tokens, 8, 16).next_batch()  # the same 8 sequences in one batch
     big(x, y)[1].backward()
     for (name, p), q in zip(model.named_parameters(), big.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
@@ -53,7 +51,7 @@ def test_gradient_accumulation_equals_big_batch():
 
 def test_data_loader_shifts_and_wraps():
     tokens = np.arange(100, dtype=np.uint16)
-    loader = train.DataLoader(tokens, 2, 10)
+    loader = DataLoader(tokens, 2, 10)
     x, y = loader.next_batch()
     assert x.shape == (2, 10) and torch.equal(y, x + 1)
     for _ in range(3):
@@ -63,14 +61,13 @@ def test_data_loader_shifts_and_wraps():
 
 
 def test_tiny_model_overfits_one_batch():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=64))
+    model = tiny_model(n_embd=64).train()
     tokens = np.random.default_rng(0).integers(0, 100, size=4 * 32 + 1).astype(np.uint16)
-    loader = train.DataLoader(tokens, 4, 32)  # exactly one batch: every call returns it again
+    loader = DataLoader(tokens, 4, 32)  # exactly one batch: every call returns it again
     cfg = train.Config()
     optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")
     for step in range(100):
-        loss, _ = train.train_step(model, optimizer, loader, 1, cfg, "cpu", train.nullcontext())
+        loss, _ = train.train_step(TrainingLoss(model), optimizer, loader, 1, cfg, "cpu", nullcontext())
         if loss < 0.5:
             break
     assert loss < 0.5, f"loss {loss} after 100 steps"
@@ -79,35 +76,42 @@ def test_tiny_model_overfits_one_batch():
 def test_token_cache_reused_and_rebuilt(tmp_path, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be, that is the question.", encoding="utf-8")
-    first = train.load_tokens(str(text), str(tmp_path))
+    first = data.load_tokens(str(text), str(tmp_path))
     assert (tmp_path / "tokens.npz").exists() and first.dtype == np.uint16
 
     def no_tokenizer():
         raise AssertionError("tokenized again although the text did not change")
 
-    monkeypatch.setattr(train, "get_tokenizer", no_tokenizer)
-    assert np.array_equal(train.load_tokens(str(text), str(tmp_path)), first)
+    monkeypatch.setattr(data, "get_tokenizer", no_tokenizer)
+    assert np.array_equal(data.load_tokens(str(text), str(tmp_path)), first)
     monkeypatch.undo()
     text.write_text("Whether 'tis nobler in the mind to suffer", encoding="utf-8")
-    second = train.load_tokens(str(text), str(tmp_path))
+    second = data.load_tokens(str(text), str(tmp_path))
     assert not np.array_equal(first, second)
-    assert second.tolist() == train.get_tokenizer().encode("Whether 'tis nobler in the mind to suffer")
+    assert second.tolist() == get_tokenizer().encode("Whether 'tis nobler in the mind to suffer")
 
 
 def test_every_constant_is_a_flag():
-    r = run_script("train.py", "--help")
-    assert r.returncode == 0
+    help_text = train.flag_parser(train.Config, "train.py", "").format_help()
     for field in train.dataclasses.fields(train.Config):
-        assert f"--{field.name}" in r.stdout
+        assert f"--{field.name}" in help_text
+    assert "transformer blocks (default: 6)" in help_text  # the comment beside the constant
     flags = train.parse_flags(["--max_steps", "7", "--bias", "False", "--betas", "0.8", "0.9", "--device", "cpu"])
     assert flags == {"max_steps": 7, "bias": False, "betas": [0.8, 0.9], "device": "cpu"}
     assert train.Config(**flags).betas == (0.8, 0.9)
+
+
+@pytest.mark.slow
+def test_help_runs():
+    r = run_script("train.py", "--help")
+    assert r.returncode == 0 and "--max_steps" in r.stdout and "--chunked_loss" in r.stdout
 
 
 # ---------------------------------------------------------------------------
 # The whole run, in a subprocess
 
 
+@pytest.mark.slow
 def test_end_to_end_then_sample(tmp_path, text_file):
     r = train_run(tmp_path, text_file, "--max_steps", 6, "--eval_interval", 3)
     assert r.returncode == 0, r.stderr
@@ -125,6 +129,7 @@ def test_end_to_end_then_sample(tmp_path, text_file):
     assert "1> ROMEO:" in s.stdout and "2> ROMEO:" in s.stdout
 
 
+@pytest.mark.slow
 def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file):
     flags = ["--max_steps", 40, "--eval_interval", 15, "--log_dir"]
     full = train_run(tmp_path, text_file, *flags, tmp_path / "full")
@@ -158,6 +163,7 @@ def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_fil
     assert [int(line.split()[0]) for line in log if " train " in line] == list(range(40))
 
 
+@pytest.mark.slow
 def test_fine_tune_from_hugging_face_directory(tmp_path, text_file, hf_dir_gpt2_vocab):
     r = train_run(tmp_path, text_file, "--max_steps", 2, "--init_from", hf_dir_gpt2_vocab)
     assert r.returncode == 0, r.stderr
@@ -182,29 +188,24 @@ def hf_dir_gpt2_vocab(tmp_path_factory):
 # Refusals: exit code 2, one line, no traceback
 
 
-def assert_refused(r, *phrases):
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for phrase in phrases:
-        assert phrase in r.stderr, r.stderr
-
-
+@pytest.mark.slow
 def test_unknown_flag_and_wrong_type():
     assert_refused(run_script("train.py", "--max_step", 3), "unrecognized arguments: --max_step")
     assert_refused(run_script("train.py", "--max_steps", "ten"), "--max_steps", "invalid int value")
     assert_refused(run_script("train.py", "--bias", "maybe"), "--bias")
 
 
+@pytest.mark.slow
 def test_text_too_short(tmp_path):
     short = tmp_path / "short.txt"
     text = "To be, or not to be. " * 40
     short.write_text(text, encoding="utf-8")
-    n = len(train.get_tokenizer().encode(text))
+    n = len(get_tokenizer().encode(text))
     r = run_script("train.py", "--input_file", short, "--log_dir", tmp_path / "log", *TINY_FLAGS)
     assert_refused(r, f"has {n} tokens", f"validation split has {n - int(0.9 * n)}", "needs 65")
 
 
+@pytest.mark.slow
 def test_missing_or_binary_text(tmp_path):
     r = run_script("train.py", "--input_file", tmp_path / "nope.txt", "--log_dir", tmp_path / "log", *TINY_FLAGS)
     assert_refused(r, "no training text", "--input_file")
@@ -214,14 +215,17 @@ def test_missing_or_binary_text(tmp_path):
     assert_refused(r, "UTF-8")
 
 
+@pytest.mark.slow
 def test_batch_size_must_divide(tmp_path, text_file):
     assert_refused(train_run(tmp_path, text_file, "--total_batch_size", 100), "multiple of B x T", "--total_batch_size")
 
 
+@pytest.mark.slow
 def test_T_longer_than_block_size(tmp_path, text_file):
     assert_refused(train_run(tmp_path, text_file, "--block_size", 16), "T=32", "block_size=16")
 
 
+@pytest.mark.slow
 def test_never_overwrites_a_checkpoint(tmp_path, text_file):
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "ckpt.pt").write_bytes(b"precious")
@@ -229,10 +233,12 @@ def test_never_overwrites_a_checkpoint(tmp_path, text_file):
     assert (tmp_path / "log" / "ckpt.pt").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint(tmp_path, text_file):
     assert_refused(train_run(tmp_path, text_file, "--init_from", "resume"), "no ", "ckpt.pt")
 
 
+@pytest.mark.slow
 def test_pretrained_offline(tmp_path, text_file):
     r = train_run(tmp_path, text_file, "--init_from", "gpt2", env_extra={"HF_HUB_CACHE": str(tmp_path / "empty")})
     assert_refused(r, "not in the Hugging Face cache")

@@ -1,0 +1,164 @@
+"""
+The command line, shared by train.py, sample.py and bench.py.
+
+    flag_parser     one flag per constant of a script's Config, typed like the constant
+    check_fields    the same reading and checking for constants set in code
+    UsageError      bad input from the user: one line on stderr, exit code 2
+    run_main        runs a script's main() and turns a UsageError into that one line
+
+Booleans have one spelling everywhere: `--flag True` or `--flag False` (also 1/0,
+yes/no, and `--flag` alone for True); three-way settings add `auto`.
+"""
+
+import argparse
+import dataclasses
+import inspect
+import io
+import sys
+import tokenize
+import typing
+from typing import Literal, Union
+
+# A setting that is True, False, or "auto" (the script decides from the machine)
+AutoBool = Union[bool, Literal["auto"]]
+
+
+class UsageError(Exception):
+    """Bad input from the user or the disk: reported as one line, exit code 2."""
+
+
+def run_main(prog, main):
+    """Run main(); a UsageError becomes `prog: error: message` on stderr and exit code 2."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------
+# Reading values
+
+
+def parse_bool(text):
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("true", "1", "yes"):
+        return True
+    if str(text).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def parse_auto_bool(text):
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, True or False, got {text!r}") from None
+
+
+def check_constant(name, value, annotation):
+    """value read as the type its constant is declared with, or a UsageError that names it.
+    Configs call this for every field, so a value set in code is checked like a flag."""
+    reader = value_reader(annotation)
+    try:
+        if isinstance(reader, tuple):  # a choice among fixed strings
+            if value not in reader:
+                raise argparse.ArgumentTypeError(f"expected one of {', '.join(reader)}, got {value!r}")
+            return value
+        if annotation is tuple:
+            return tuple(float(v) for v in value)
+        if value is None or not isinstance(reader, type):
+            return value if value is None else reader(value)
+        if isinstance(value, reader) and not (reader is int and isinstance(value, bool)):
+            return value
+        if reader is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return reader(value)
+        raise TypeError(f"expected {reader.__name__}, got {value!r}")
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+        raise UsageError(f"{name}: {e}") from None
+
+
+def value_reader(annotation):
+    """The function that reads a flag's text for a constant of this type (or its choices)."""
+    if annotation is bool:
+        return parse_bool
+    if annotation == AutoBool:
+        return parse_auto_bool
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) is Union:  # Optional[X]: read as X
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    if annotation is tuple:
+        return float
+    return annotation
+
+
+def check_fields(config):
+    """Check and convert every field of a dataclass instance in place."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        setattr(config, field.name, check_constant(field.name, getattr(config, field.name), hints[field.name]))
+
+
+# ----------------------------------------------------------------------------
+# Flags from constants
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, whose errors become a UsageError (one line, exit code 2) like any other."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def flag_parser(config_class, prog, description):
+    """An argparse parser with one flag per field of config_class, named and typed like
+    the field, with the comment beside the field as its help. Flags that are not given
+    stay absent from the result (default=SUPPRESS), so that a resumed run can tell
+    which constants the user wants to change."""
+    parser = OneLineArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    add_flags(parser, config_class)
+    return parser
+
+
+def add_flags(parser, config_class):
+    """Add one flag per field of config_class to parser (see flag_parser)."""
+    hints = typing.get_type_hints(config_class)
+    comments = field_comments(config_class)
+    for field in dataclasses.fields(config_class):
+        help_text = f"{comments.get(field.name, '')} (default: {field.default})".strip()
+        kwargs = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))  # argparse formats help with %
+        reader = value_reader(hints[field.name])
+        if isinstance(reader, tuple):
+            kwargs["choices"] = reader
+        elif hints[field.name] is tuple:
+            kwargs.update(type=float, nargs=len(field.default))
+        elif hints[field.name] in (bool, AutoBool):
+            kwargs.update(type=reader, nargs="?", const=True)  # `--flag` alone means True
+        else:
+            kwargs["type"] = reader
+        parser.add_argument(f"--{field.name}", **kwargs)
+
+
+def field_comments(config_class):
+    """{field: the comment at the end of its line} in the class's source, so that --help
+    explains each flag in the words a learner reads at the top of the script. Python's
+    own tokenizer finds the comments; a field without one just has no help text."""
+    try:
+        source = inspect.getsource(config_class)
+    except (OSError, TypeError):  # no source to read (a frozen or compiled-only module)
+        return {}
+    names = {field.name for field in dataclasses.fields(config_class)}
+    first_name, comments = {}, {}  # by line number
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        line = token.start[0]
+        if token.type == tokenize.NAME:
+            first_name.setdefault(line, token.string)
+        elif token.type == tokenize.COMMENT and first_name.get(line) in names:
+            comments[first_name[line]] = token.string.lstrip("#").strip()
+    return comments

@@ -1,0 +1,202 @@
+"""
+Where the model runs and how fast: every switch that changes the speed, and none that
+changes the model. README's Performance section measures each one.
+
+    pick_device       auto: CUDA, then Intel XPU, then Apple MPS, then the CPU
+    choose_dtype      bfloat16 where the hardware multiplies it natively, else float32
+    autocast_context  bf16 autocast, or nothing to switch on
+    set_threads       one CPU thread per physical core
+    want_compile, compile_model   torch.compile, with a fallback when it fails
+    TrainingLoss      the model as training calls it, with the chunked loss by name
+    ChunkedCrossEntropy           the loss without holding all the logits at once
+"""
+
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+# ----------------------------------------------------------------------------
+# Device, precision, threads
+
+
+def pick_device(name="auto"):
+    """'auto' picks CUDA, then Intel's XPU, then Apple's MPS, then the CPU; any other
+    name is used as given."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_native_bf16():
+    """True on x86 CPUs with AVX512-BF16 or AMX instructions (PyTorch asks the CPU itself).
+    There bf16 matrix products run several times faster than float32; elsewhere bf16
+    would be emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_dtype(setting, device):
+    """'auto' means bfloat16 where the hardware multiplies it natively (CUDA and Intel
+    GPUs that support it, CPUs with AVX512-BF16 or AMX) and float32 elsewhere;
+    'float32' and 'bfloat16' are taken as given."""
+    if setting != "auto":
+        return setting
+    device_type = device.split(":")[0]
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "xpu":
+        return "bfloat16" if torch.xpu.is_bf16_supported() else "float32"
+    if device_type == "cpu" and cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def autocast_context(device_type, dtype):
+    """Mixed precision: under bf16 autocast the matrix products run in bfloat16, while
+    the weights, the optimizer and precision-sensitive ops (softmax, LayerNorm, the
+    loss) stay in float32. With float32 there is nothing to switch on."""
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def physical_cores():
+    """CPU cores this process may use, not counting hyper-threads, which share a core's
+    matrix units and only add contention. Falls back to logical CPUs off Linux."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
+                cores.add((package.read(), core.read()))
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def set_up_device(device_name, dtype_setting, threads=0):
+    """Device, dtype and threads, chosen once: (device, device_type, dtype, autocast context)."""
+    device = pick_device(device_name)
+    device_type = device.split(":")[0]
+    if device_type == "cpu":
+        torch.set_num_threads(threads or physical_cores())
+    if device_type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in float32
+    dtype = choose_dtype(dtype_setting, device_type)
+    return device, device_type, dtype, autocast_context(device_type, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Compilation
+
+
+def want_compile(setting, device_type):
+    """torch.compile fuses the many small element-wise operations (GELU, LayerNorm, adds)
+    into a few generated kernels. On CPU it needs a C++ compiler; on MPS and XPU it is
+    left off unless asked for. setting: True, False or "auto"."""
+    if setting != "auto":
+        return setting
+    if device_type == "cuda":
+        return True
+    has_compiler = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    return device_type == "cpu" and has_compiler and sys.platform != "win32"
+
+
+def compile_model(module, warm_up):
+    """(the compiled module, a note for the start-up line), or the module itself if
+    compiling fails. Compilation happens at the first call, so warm_up(compiled) runs
+    one training micro-step now, where it is timed and where a failure can be caught."""
+    start = time.time()
+    try:
+        compiled = torch.compile(module)
+        warm_up(compiled)
+    except Exception as e:  # no compiler, an unsupported platform or op: train without it
+        module.zero_grad(set_to_none=True)
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"torch.compile failed ({e.__class__.__name__}: {reason}); continuing without it")
+        return module, "off (failed)"
+    module.zero_grad(set_to_none=True)
+    return compiled, f"on ({time.time() - start:.1f}s)"
+
+
+# ----------------------------------------------------------------------------
+# The training loss, chunked or plain
+
+
+class TrainingLoss(nn.Module):
+    """The model as training calls it: tokens and targets in, the mean loss out.
+    chunked=True computes the loss from the final hidden states in chunks (below),
+    never holding all the logits; chunked=False is the model's own plain forward.
+    This is the module that gets compiled (and, on several processes, wrapped)."""
+
+    def __init__(self, model, chunked=True):
+        super().__init__()
+        self.model = model
+        self.chunked = chunked
+
+    def forward(self, idx, targets):
+        if not self.chunked:
+            return self.model(idx, targets)[1]
+        x = self.model.hidden_states(idx)  # (B, T, C)
+        return chunked_cross_entropy(x.flatten(0, 1), self.model.lm_head.weight, targets.flatten())
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """cross_entropy(x @ weight.T, targets), computed a chunk of rows at a time.
+
+    The plain way holds the logits of every position at once: B x T x vocab_size
+    numbers (4 x 256 x 50304 floats = 206 MB for the default model), in float32
+    for the softmax, and again for their gradient. Here each chunk's logits are
+    made, turned into the chunk's loss and into the gradients for x and weight
+    right away (d loss / d logits = softmax - one_hot(target)), and freed.
+    backward() then only scales the gradients that forward() already summed.
+    The matrix products are the same ones the plain way does, so nothing is
+    computed twice."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_size):
+        # x (N, C) final hidden states, weight (V, C) the lm_head, targets (N,)
+        valid = targets != -1  # (N,) targets of -1 are left out of the mean
+        n_valid = valid.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for first in range(0, x.size(0), chunk_size):
+            rows = slice(first, first + chunk_size)
+            xc, tc = x[rows], targets[rows].clamp(min=0)  # (n, C), (n,)
+            logits = (xc @ weight.t()).float()  # (n, V), in the autocast dtype, softmax in float32
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            target_logit = logits.gather(1, tc[:, None]).squeeze(1)  # (n,)
+            loss += ((lse - target_logit) * valid[rows]).sum()
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
+            grad_logits[torch.arange(len(tc), device=x.device), tc] -= 1.0
+            grad_logits *= (valid[rows] / n_valid)[:, None]  # the mean's 1/N, and the ignored rows' 0
+            grad_logits = grad_logits.to(x.dtype)  # under autocast the two products below run in bf16
+            grad_x[rows] = grad_logits @ weight  # (n, C)
+            grad_weight += grad_logits.t() @ xc  # (V, C)
+        ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_weight = ctx.saved_tensors
+        return grad_x * grad_loss, grad_weight * grad_loss, None, None
+
+
+def chunked_cross_entropy(x, weight, targets, chunk_size=256):
+    """The mean cross-entropy of the logits x @ weight.T (x (N, C), weight (V, C),
+    targets (N,), -1 ignored), 256 rows of logits at a time."""
+    return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
+

@@ -1,0 +1,83 @@
+"""cli.py: flags made from constants, one spelling of booleans, one way to refuse."""
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import pytest
+
+import sample
+import train
+from cli import AutoBool, UsageError, check_fields, flag_parser, run_main
+
+
+@dataclass
+class Constants:
+    with_comment: int = 3  # explained here
+    without_comment: float = 0.5
+    switch: bool = False  # a boolean
+    mode: AutoBool = "auto"
+    kind: Literal["a", "b"] = "a"
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def parse(*argv):
+    return vars(flag_parser(Constants, "prog", "").parse_args(list(argv)))
+
+
+def test_a_constant_without_a_comment_still_gets_a_flag():
+    help_text = flag_parser(Constants, "prog", "").format_help()
+    assert "explained here (default: 3)" in help_text
+    assert "--without_comment" in help_text and "(default: 0.5)" in help_text
+    assert parse("--without_comment", "0.25") == {"without_comment": 0.25}
+
+
+def test_booleans_have_one_spelling():
+    for text, value in [("True", True), ("false", False), ("1", True), ("no", False)]:
+        assert parse("--switch", text) == {"switch": value}
+    assert parse("--switch") == {"switch": True}  # the flag alone means True
+    assert parse("--mode", "auto") == {"mode": "auto"} and parse("--mode", "False") == {"mode": False}
+    with pytest.raises(UsageError, match="--switch"):
+        parse("--switch", "maybe")
+    with pytest.raises(UsageError, match="expected auto, True or False"):
+        parse("--mode", "sometimes")
+
+
+def test_constants_set_in_code_are_read_and_checked_like_flags():
+    c = Constants(with_comment="7", switch="True", mode="false", name=None)
+    assert (c.with_comment, c.switch, c.mode) == (7, True, False)
+    assert Constants(without_comment=2).without_comment == 2.0
+    with pytest.raises(UsageError, match="kind: expected one of a, b"):
+        Constants(kind="c")
+    with pytest.raises(UsageError, match="with_comment"):
+        Constants(with_comment=1.5)
+    with pytest.raises(UsageError, match="with_comment"):
+        Constants(with_comment=True)
+
+
+def test_choices_and_unknown_flags_are_usage_errors():
+    with pytest.raises(UsageError, match="invalid choice"):
+        parse("--kind", "c")
+    with pytest.raises(UsageError, match="unrecognized arguments: --nope"):
+        parse("--nope", "1")
+
+
+def test_usage_error_is_one_line_and_exit_code_2(capsys):
+    def main():
+        raise UsageError("the text is empty: give a longer one")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main("prog.py", main)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "prog.py: error: the text is empty: give a longer one\n"
+
+
+def test_both_scripts_read_their_constants_the_same_way():
+    assert train.parse_flags(["--compile", "False", "--chunked_loss"]) == {"compile": False, "chunked_loss": True}
+    assert sample.parse_flags(["--stream", "--kv_cache", "False", "--stop_at_eot", "auto"]) == {
+        "stream": True, "kv_cache": False, "stop_at_eot": "auto"}
+    assert train.Config(compile="True").compile is True  # as old checkpoints stored it
+    with pytest.raises(UsageError, match="top_p"):
+        sample.Config(top_p=0.0)
