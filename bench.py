@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -46,6 +47,7 @@ class Settings:
     rounds: int = 2  # passes over the modes, alternating their order
     sample: bool = False  # measure sampling (new tokens/sec) instead of training
     repeats: int = 3  # with --sample: timed generations per mode
+    offline: bool = False  # time how long sample.py takes to say that GPT-2 cannot be fetched offline
     child: Optional[str] = None  # internal: run one mode in this process and print its figures as JSON
 
 
@@ -315,6 +317,20 @@ def bench_sampling(bench):
         print("cache, bfloat16: skipped: no native bf16 here, and emulated bf16 is far slower than float32")
 
 
+def bench_offline():
+    """With an empty Hugging Face cache and no network, how long does `sample.py --init_from
+    gpt2` take to refuse? It should be seconds, not a minute of retries."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        start = time.perf_counter()
+        r = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample.py"),
+                            "--init_from", "gpt2", "--prompt", "hi"], env={**env, "HF_HUB_CACHE": cache},
+                           capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    print(f"sample.py --init_from gpt2, empty cache, no HF_HUB_OFFLINE: exit code {r.returncode} after {seconds:.1f} s")
+    print(r.stderr.strip())
+
+
 def main(argv=None):
     bench, flags = parse_args(argv)
     child = bench.child
@@ -324,6 +340,8 @@ def main(argv=None):
         print(json.dumps(run_mode(flags, bench.steps, bench.warmup)))
     elif bench.sample:
         bench_sampling(bench)
+    elif bench.offline:
+        bench_offline()
     else:
         bench_training(bench, flags)
 

@@ -1,24 +1,33 @@
 """
-Weights on disk: the checkpoints train.py writes and resumes from, and OpenAI's GPT-2
-weights fetched through Hugging Face.
+Weights on disk: the checkpoints train.py writes and resumes from, nanoGPT's, OpenAI's
+GPT-2 through Hugging Face, and the export of a checkpoint to Hugging Face's format.
+
+    python checkpoint.py --ckpt log/ckpt.pt --out_dir my-gpt   # export for transformers
 
     save_checkpoint        write a checkpoint so that a crash never destroys the last one
-    load_checkpoint        read one back (only plain data: tensors, numbers, strings)
+    load_checkpoint        read one back, ours or nanoGPT's (only plain data is unpickled)
     model_from_checkpoint  the GPT a checkpoint holds
     load_pretrained        GPT.from_pretrained, with a one-line error when offline
+    export                 the command above: a checkpoint as a Hugging Face GPT-2 directory
 
 A checkpoint is a dict: "model" (the state dict), "config" (the GPTConfig as a plain
 dict, so the file explains itself) and, from train.py, what it needs to continue:
-"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state".
+"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state". It also
+holds "model_args", the same shape under the name nanoGPT reads, and the state dict has
+nanoGPT's keys and shapes (OpenAI's names, no causal-mask buffer): nanoGPT's sample.py
+and train.py load it as one of their own.
 """
 
+import dataclasses
 import os
+import pickle
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import torch
 
-from cli import UsageError
+from cli import RunFailure, UsageError, describe_error, flag_parser, run_main
 from model import GPT, PRETRAINED, GPTConfig
 
 
@@ -26,27 +35,62 @@ def save_checkpoint(path, state):
     """Write to a temporary file beside the checkpoint, then rename it over the old one:
     the rename is atomic, so a crash while saving never destroys the last good checkpoint."""
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a vanished directory
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise RunFailure(f"could not write the checkpoint {path} ({describe_error(e)}); the previous "
+                         f"checkpoint is untouched: free some disk space, then resume with --init_from resume") from None
 
 
 def load_checkpoint(path, device="cpu"):
-    """The checkpoint dict in a file that train.py wrote. It holds plain data only, so it
-    is loaded with weights_only=True: unpickling arbitrary objects could run code."""
+    """The checkpoint in a file that train.py or nanoGPT's train.py wrote, in this
+    project's layout, with "kind" added: a few words on what it is. It holds plain data
+    only, so it is loaded with weights_only=True: unpickling arbitrary objects could run code."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UsageError(f"the checkpoint {path} is empty (0 bytes): it was never written completely; delete it")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # not an object it refused to build: a damaged file
+            raise UsageError(f"cannot load the checkpoint {path} (UnpicklingError: it is damaged or not a checkpoint)") from None
+        raise UsageError(f"refusing to load {path}: it holds Python objects besides tensors, numbers and strings, and "
+                         f"unpickling those could run code; load only checkpoints from sources you trust") from None
     except Exception as e:  # a truncated or foreign file: say so in one line
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UsageError(f"cannot load the checkpoint {path} ({e.__class__.__name__}: {reason})") from None
+        raise UsageError(f"cannot load the checkpoint {path} ({describe_error(e)})") from None
+    if isinstance(ckpt, dict) and "model_args" in ckpt and "train_config" not in ckpt:
+        return from_nanogpt(ckpt)
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise UsageError(f"{path} is not a checkpoint written by train.py: it has no model and config")
+        raise UsageError(f"{path} is not a checkpoint written by train.py or nanoGPT: it has no model and config")
+    ckpt["kind"] = f"a checkpoint of this project, after {ckpt['step']} steps" if "step" in ckpt else "a checkpoint of this project"
     return ckpt
 
 
-def model_from_checkpoint(ckpt):
-    """The GPT whose shape and weights the checkpoint holds."""
-    model = GPT(GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+def from_nanogpt(ckpt):
+    """A nanoGPT checkpoint ({"model_args", "model", "iter_num", ...}) in this project's
+    layout. nanoGPT saves the state dict of its compiled model as it is, so keys may carry
+    torch.compile's "_orig_mod." prefix, and older versions kept the causal mask as a
+    buffer named attn.bias; attention here builds its mask on the fly."""
+    state = {key.removeprefix("_orig_mod."): value for key, value in ckpt["model"].items()}
+    state = {key: value for key, value in state.items() if not key.endswith(".attn.bias")}
+    shape = {field.name: ckpt["model_args"][field.name] for field in dataclasses.fields(GPTConfig) if field.name in ckpt["model_args"]}
+    iters = f", after {ckpt['iter_num']} iterations" if "iter_num" in ckpt else ""
+    return {"model": state, "config": shape, "kind": f"a nanoGPT checkpoint{iters}"}
+
+
+def model_from_checkpoint(ckpt, dropout=None):
+    """The GPT whose shape and weights the checkpoint holds; dropout, if given, replaces
+    the checkpoint's (it is not part of the shape)."""
+    config = ckpt["config"] if dropout is None else {**ckpt["config"], "dropout": dropout}
+    try:
+        model = GPT(GPTConfig(**config))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError, AssertionError) as e:  # unknown fields, missing or misshapen weights
+        lines = str(e).strip().splitlines()  # load_state_dict says what is wrong on its second line
+        detail = lines[1].strip()[:200] if len(lines) > 1 else describe_error(e)
+        raise UsageError(f"the checkpoint's weights do not match its model shape ({detail})") from None
     return model
 
 
@@ -63,7 +107,11 @@ def load_pretrained(name_or_path, dropout=0.0):
     hf_logging.set_verbosity_error()  # keep the learner's screen for the samples
     hf_logging.disable_progress_bar()
     if os.path.isdir(name_or_path):
-        return GPT.from_pretrained(name_or_path, dropout=dropout)
+        try:
+            return GPT.from_pretrained(name_or_path, dropout=dropout)
+        except Exception as e:  # no config.json, a config with wrong types, weights that do not fit...
+            raise UsageError(f"{name_or_path} is not a Hugging Face GPT-2 directory ({describe_error(e)}): "
+                             f"pass one that save_pretrained or `python checkpoint.py` wrote") from None
     if name_or_path not in PRETRAINED:
         raise UsageError(f"{name_or_path!r} is neither a directory nor one of {', '.join(PRETRAINED)}")
     try:
@@ -91,3 +139,34 @@ def hub_reachable(timeout=3.0):
         return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------
+# Export: python checkpoint.py --ckpt log/ckpt.pt --out_dir my-gpt
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = os.path.join("log", "ckpt.pt")  # the checkpoint to export (this project's or nanoGPT's)
+    out_dir: str = "gpt2-export"  # the directory to write; it must not exist yet, or be empty
+
+
+def export(argv=None):
+    """Turn a checkpoint into a directory that transformers loads as a GPT-2."""
+    description = "Export a checkpoint as a Hugging Face GPT-2 directory (config, safetensors weights, tokenizer)."
+    cfg = ExportConfig(**vars(flag_parser(ExportConfig, "checkpoint.py", description).parse_args(argv)))
+    if os.path.exists(cfg.out_dir) and (not os.path.isdir(cfg.out_dir) or os.listdir(cfg.out_dir)):
+        raise UsageError(f"{cfg.out_dir} already exists and is not an empty directory: choose another --out_dir")
+    if not os.path.exists(cfg.ckpt):
+        raise UsageError(f"no checkpoint at {cfg.ckpt}: train one with `python train.py`, or pass --ckpt PATH")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    ckpt = load_checkpoint(cfg.ckpt)
+    model_from_checkpoint(ckpt).save_pretrained(cfg.out_dir)
+    print(f"exported {cfg.ckpt} ({ckpt['kind']}) to {cfg.out_dir}/ as a Hugging Face GPT-2")
+    print(f'try it: python sample.py --init_from {cfg.out_dir} --prompt "ROMEO:"')
+
+
+if __name__ == "__main__":
+    run_main("checkpoint.py", export)

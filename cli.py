@@ -4,7 +4,9 @@ The command line, shared by train.py, sample.py and bench.py.
     flag_parser     one flag per constant of a script's Config, typed like the constant
     check_fields    the same reading and checking for constants set in code
     UsageError      bad input from the user: one line on stderr, exit code 2
-    run_main        runs a script's main() and turns a UsageError into that one line
+    RunFailure      a run that cannot go on: one line on stderr, exit code 1
+    run_main        runs a script's main() and turns either into that one line
+                    (SHOW_TRACEBACK=1 shows the traceback instead)
 
 Booleans have one spelling everywhere: `--flag True` or `--flag False` (also 1/0,
 yes/no, and `--flag` alone for True); three-way settings add `auto`.
@@ -14,6 +16,8 @@ import argparse
 import dataclasses
 import inspect
 import io
+import math
+import os
 import sys
 import tokenize
 import typing
@@ -26,14 +30,35 @@ AutoBool = Union[bool, Literal["auto"]]
 class UsageError(Exception):
     """Bad input from the user or the disk: reported as one line, exit code 2."""
 
+    exit_code = 2
+
+
+class RunFailure(UsageError):
+    """A run that cannot go on (a loss that is no longer a number, a checkpoint that
+    cannot be written): reported the same way, exit code 1."""
+
+    exit_code = 1
+
+
+# set it (SHOW_TRACEBACK=1 python train.py ...) to see the full Python traceback of an error
+TRACEBACK_VARIABLE = "SHOW_TRACEBACK"
+
+
+def describe_error(e):
+    """An exception in a few words for a one-line message: its class and its first line."""
+    first_line = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{e.__class__.__name__}: {first_line}" if first_line else e.__class__.__name__
+
 
 def run_main(prog, main):
-    """Run main(); a UsageError becomes `prog: error: message` on stderr and exit code 2."""
+    """Run main(); a UsageError becomes `prog: error: message` on stderr and its exit code."""
     try:
         main()
     except UsageError as e:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 # ----------------------------------------------------------------------------
@@ -69,16 +94,18 @@ def check_constant(name, value, annotation):
                 raise argparse.ArgumentTypeError(f"expected one of {', '.join(reader)}, got {value!r}")
             return value
         if annotation is tuple:
-            return tuple(float(v) for v in value)
+            return tuple(check_constant(name, v, float) for v in value)
         if value is None or not isinstance(reader, type):
             return value if value is None else reader(value)
-        if isinstance(value, reader) and not (reader is int and isinstance(value, bool)):
-            return value
         if reader is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            return reader(value)
-        raise TypeError(f"expected {reader.__name__}, got {value!r}")
+            value = float(value)
+        elif isinstance(value, str):
+            value = reader(value)
+        elif not isinstance(value, reader) or (reader is int and isinstance(value, bool)):
+            raise TypeError(f"expected {reader.__name__}, got {value!r}")
+        if reader is float and not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return value
     except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
         raise UsageError(f"{name}: {e}") from None
 
@@ -96,6 +123,18 @@ def value_reader(annotation):
     if annotation is tuple:
         return float
     return annotation
+
+
+def require(condition, message):
+    """A UsageError with message unless condition holds: one check of a constant's value."""
+    if not condition:
+        raise UsageError(message)
+
+
+def require_at_least(config, minimum, *names):
+    for name in names:
+        value = getattr(config, name)
+        require(value >= minimum, f"{name} must be at least {minimum}, not {value}")
 
 
 def check_fields(config):

@@ -57,25 +57,57 @@ def gpt2_bpe_files():
 def load_tokens(input_file, cache_dir):
     """All tokens of the text file (uint16). Tokenizing is done once: the tokens are
     cached in cache_dir with the file's sha256, and rebuilt when the text changes."""
-    try:
-        with open(input_file, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"no training text at {input_file!r}: put a UTF-8 text file there or pass --input_file PATH")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {input_file!r} as UTF-8 text ({e.__class__.__name__}): convert it to UTF-8")
+    raw = read_text_bytes(input_file)
     digest = hashlib.sha256(raw).hexdigest()
     cache = os.path.join(cache_dir, "tokens.npz")
-    if os.path.exists(cache):
-        with np.load(cache) as saved:
-            if str(saved["sha256"]) == digest:
-                return saved["tokens"]
-    tokens = np.array(get_tokenizer().encode_ordinary(text), dtype=np.uint16)  # GPT-2 ids fit in 16 bits
+    cached = read_token_cache(cache, digest)
+    if cached is not None:
+        return cached
+    tokens = np.array(get_tokenizer().encode_ordinary(raw.decode("utf-8")), dtype=np.uint16)  # GPT-2 ids fit in 16 bits
     tmp = cache + ".tmp.npz"
     np.savez(tmp, tokens=tokens, sha256=digest)
     os.replace(tmp, cache)
     return tokens
+
+
+def read_text_bytes(input_file):
+    """The file's bytes, once they are known to be text worth training on: UTF-8, not
+    binary, not empty. Anything else is a UsageError that says what to do."""
+    if not os.path.exists(input_file):
+        raise UsageError(f"no training text at {input_file!r}: put a UTF-8 text file there or pass --input_file PATH")
+    if os.path.isdir(input_file):
+        raise UsageError(f"{input_file!r} is a directory: pass a UTF-8 text file with --input_file PATH")
+    try:
+        with open(input_file, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {input_file!r} ({e.strerror or e}): check the path and its permissions") from None
+    nul = raw.find(b"\0")  # text never holds a NUL byte; images, archives and executables do
+    if nul >= 0:
+        raise UsageError(f"{input_file!r} looks binary (a NUL byte at byte {nul}): train on a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{input_file!r} is not UTF-8: byte {e.start} is 0x{raw[e.start]:02x}; convert the file to "
+                         f"UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
+    if not text.strip():
+        raise UsageError(f"{input_file!r} is empty or holds only whitespace: there is nothing to learn from")
+    return raw
+
+
+def read_token_cache(cache, digest):
+    """The cached tokens if the cache is there, whole, and made from the text with this
+    sha256; None otherwise. A damaged cache is said so and rebuilt, never trusted."""
+    if not os.path.exists(cache):
+        return None
+    try:
+        with np.load(cache) as saved:
+            if str(saved["sha256"]) != digest:
+                return None
+            return saved["tokens"]
+    except Exception as e:  # truncated, overwritten, not an npz: every way a file can be damaged
+        print(f"the token cache {cache} is damaged ({e.__class__.__name__}); tokenizing the text again")
+        return None
 
 
 def split_tokens(tokens, B, T, name="the text"):

@@ -3,8 +3,9 @@ A GPT-2 language model in one file, written to be read top to bottom.
 
     GPTConfig            the hyperparameters that fix the model's shape
     CausalSelfAttention, MLP, Block   the pieces of one transformer block
-    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits,
-                         its optimizer, OpenAI's weights in (from_pretrained), generation
+    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits, its
+                         optimizer, Hugging Face GPT-2 weights in (from_pretrained) and
+                         out (save_pretrained), generation
     PRETRAINED           the shapes of OpenAI's four GPT-2 models
     KVCache, sample_next_token        what generation needs: the cache, the sampling rule
 
@@ -15,6 +16,8 @@ chunked loss that training asks for by name), checkpoint.py the files.
 """
 
 import math
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -220,6 +223,31 @@ class GPT(nn.Module):
         model.load_state_dict(hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
         return model
 
+    def save_pretrained(self, directory):
+        """Write this model as a Hugging Face GPT-2, the mirror of from_pretrained:
+        config.json, the weights as model.safetensors, generation_config.json, and
+        GPT-2's tokenizer files (vocab.json, merges.txt). transformers' AutoModelForCausalLM,
+        AutoTokenizer and pipeline("text-generation") then load the directory as it is."""
+        from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+        from data import gpt2_bpe_files  # the tokenizer's two files, found in one place
+
+        c = self.config
+        hf_config = GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=EOT, eos_token_id=EOT,
+        )
+        hf_model = GPT2LMHeadModel(hf_config)
+        hf_model.load_state_dict(our_to_hf_state_dict(self.state_dict(), hf_model.state_dict()))
+        # ids past GPT-2's 50257 tokens only pad the vocabulary: they stand for no text,
+        # so Hugging Face's generate must never pick them
+        padding_ids = list(range(GPT2_VOCAB_SIZE, c.vocab_size))
+        hf_model.generation_config = GenerationConfig(bos_token_id=EOT, eos_token_id=EOT, suppress_tokens=padding_ids or None)
+        hf_model.save_pretrained(directory)
+        merges, vocab = gpt2_bpe_files()
+        shutil.copyfile(vocab, os.path.join(directory, "vocab.json"))  # token -> id
+        shutil.copyfile(merges, os.path.join(directory, "merges.txt"))  # the BPE merges, in order
+
     # ------------------------------------------------------------------------
     # Generation
 
@@ -258,6 +286,8 @@ class GPT(nn.Module):
 
 
 # The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
+GPT2_VOCAB_SIZE = 50257
+EOT = 50256  # <|endoftext|>, the token that separated documents in GPT-2's training text
 PRETRAINED = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
@@ -268,22 +298,41 @@ PRETRAINED = {
 
 def pretrained_config(name):
     """The GPTConfig of one of OpenAI's GPT-2 models, without downloading anything."""
-    return GPTConfig(block_size=1024, vocab_size=50257, bias=True, **PRETRAINED[name])
+    return GPTConfig(block_size=1024, vocab_size=GPT2_VOCAB_SIZE, bias=True, **PRETRAINED[name])
+
+
+# OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
+# (in, out), the transpose of nn.Linear's (out, in): these four move transposed.
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def hf_to_our_state_dict(hf_sd, our_sd):
-    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape.
-    OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
-    (in, out), the transpose of nn.Linear's (out, in), so those four are transposed."""
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape."""
     out = {}
     for key, ours in our_sd.items():
         if key not in hf_sd:
             raise ValueError(f"the pretrained weights have no {key}")
-        theirs = hf_sd[key].t() if key.endswith(transposed) else hf_sd[key]
+        theirs = hf_sd[key].t() if key.endswith(TRANSPOSED) else hf_sd[key]
         if theirs.shape != ours.shape:
             raise ValueError(f"{key}: pretrained shape {tuple(theirs.shape)}, model shape {tuple(ours.shape)}")
         out[key] = theirs
+    return out
+
+
+def our_to_hf_state_dict(our_sd, hf_sd):
+    """The other way: our state dict in Hugging Face's layout (hf_sd gives its keys and
+    shapes). GPT-2 always has biases; a model trained with bias=False gets zero ones,
+    which compute the same thing."""
+    out = {}
+    for key, theirs in hf_sd.items():
+        if key in our_sd:
+            out[key] = our_sd[key].t() if key.endswith(TRANSPOSED) else our_sd[key]
+        elif key.endswith(".bias"):
+            out[key] = torch.zeros_like(theirs)
+        else:
+            raise ValueError(f"the model has no {key}")
+        if out[key].shape != theirs.shape:
+            raise ValueError(f"{key}: model shape {tuple(out[key].shape)}, Hugging Face shape {tuple(theirs.shape)}")
     return out
 
 

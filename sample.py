@@ -18,9 +18,9 @@ from typing import Literal, Optional
 import torch
 
 from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint
-from cli import AutoBool, UsageError, check_fields, flag_parser, run_main
+from cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from data import get_tokenizer
-from speed import choose_dtype, pick_device
+from speed import check_device, choose_dtype, pick_device
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.
@@ -50,8 +50,15 @@ class Config:
 
     def __post_init__(self):
         check_fields(self)  # each value has its constant's type, whether it came from a flag or from code
-        if self.num_samples < 1 or self.max_new_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UsageError("num_samples must be at least 1, max_new_tokens and temperature at least 0, top_p in (0, 1]")
+        self.check()
+
+    def check(self):
+        """Every constant's value, checked before any work starts: a UsageError names the first bad one."""
+        require_at_least(self, 1, "num_samples")
+        require_at_least(self, 0, "max_new_tokens", "temperature", "top_k")
+        require(0 < self.top_p <= 1, f"top_p must be above 0 and at most 1, not {self.top_p}")
+        require(self.stop != "", "stop is empty: give the string that ends a sample, or leave --stop out")
+        check_device(self.device)
 
 
 def parse_flags(argv=None):
@@ -81,7 +88,10 @@ def load_model(cfg, device):
         return load_pretrained(cfg.init_from)
     if not os.path.exists(cfg.ckpt):
         raise UsageError(f"no checkpoint at {cfg.ckpt}: train one with `python train.py`, or sample from GPT-2 with --init_from gpt2")
-    return model_from_checkpoint(load_checkpoint(cfg.ckpt, device))
+    ckpt = load_checkpoint(cfg.ckpt, device)
+    model = model_from_checkpoint(ckpt)
+    print(f"sampling from {cfg.ckpt}: {ckpt['kind']}", file=sys.stderr)
+    return model
 
 
 class Sample:
@@ -169,6 +179,9 @@ def main(argv=None):
     prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
     if max(prompt_ids) >= model.config.vocab_size:
         raise UsageError(f"the prompt has tokens outside this model's vocabulary of {model.config.vocab_size}: use a model trained on GPT-2 tokens")
+    if len(prompt_ids) > model.config.block_size:
+        print(f"note: the prompt has {len(prompt_ids)} tokens and the model sees at most {model.config.block_size}: "
+              f"it continues from the last {model.config.block_size}", file=sys.stderr)
 
     # one random stream per sample, seeded seed + i: a sample is the same alone, in a batch or streamed
     generators = [torch.Generator(device=cfg.device).manual_seed(cfg.seed + i) for i in range(cfg.num_samples)]

@@ -3,6 +3,7 @@ Where the model runs and how fast: every switch that changes the speed, and none
 changes the model. README's Performance section measures each one.
 
     pick_device       auto: CUDA, then Intel XPU, then Apple MPS, then the CPU
+    check_device      a device name this machine has, or a one-line error
     choose_dtype      bfloat16 where the hardware multiplies it natively, else float32
     autocast_context  bf16 autocast, or nothing to switch on
     set_threads       one CPU thread per physical core
@@ -20,6 +21,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
+from cli import UsageError, describe_error
+
 # ----------------------------------------------------------------------------
 # Device, precision, threads
 
@@ -36,6 +39,29 @@ def pick_device(name="auto"):
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(name):
+    """A UsageError unless name is "auto" or a device this machine has."""
+    if name == "auto":
+        return
+    available = {
+        "cpu": lambda: 1,
+        "cuda": lambda: torch.cuda.device_count(),
+        "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0,
+        "mps": lambda: int(torch.backends.mps.is_available()),
+    }
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in available:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N, xpu or mps")
+    count = available[device.type]()
+    if count == 0:
+        raise UsageError(f"device {name!r} is not available on this machine: use --device auto (or cpu)")
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"device {name!r} does not exist: this machine has {count} {device.type} device(s), numbered from 0")
 
 
 def cpu_has_native_bf16():
@@ -124,8 +150,7 @@ def compile_model(module, warm_up):
         warm_up(compiled)
     except Exception as e:  # no compiler, an unsupported platform or op: train without it
         module.zero_grad(set_to_none=True)
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        print(f"torch.compile failed ({e.__class__.__name__}: {reason}); continuing without it")
+        print(f"torch.compile failed ({describe_error(e)}); continuing without it")
         return module, "off (failed)"
     module.zero_grad(set_to_none=True)
     return compiled, f"on ({time.time() - start:.1f}s)"

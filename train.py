@@ -22,10 +22,11 @@ from typing import Literal, Optional
 import torch
 
 from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
-from cli import AutoBool, UsageError, check_fields, flag_parser, run_main
+from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from data import DataLoader, load_tokens, split_tokens
 from model import GPT, GPTConfig
-from speed import TrainingLoss, compile_model, set_up_device, want_compile
+from plot import plot_losses
+from speed import TrainingLoss, check_device, compile_model, set_up_device, want_compile
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.
@@ -60,7 +61,7 @@ class Config:
     seed: int = 1337  # seeds the weights' initialisation and dropout
     eval_interval: int = 10  # evaluate and save a checkpoint every this many steps (and at the end)
     eval_steps: int = 10  # validation batches per evaluation (always the same ones)
-    init_from: str = "scratch"  # scratch, resume (log_dir/ckpt.pt), or a GPT-2 name or Hugging Face directory
+    init_from: str = "scratch"  # scratch, resume (log_dir/ckpt.pt), a GPT-2 name, a Hugging Face directory, or a checkpoint file to fine-tune
     # speed (README's Performance section); each one can be turned off
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 autocast where the hardware has native bf16 matmuls, else float32
     compile: AutoBool = "auto"  # auto: torch.compile on CUDA and on CPUs with a C++ compiler; True or False to force
@@ -71,6 +72,26 @@ class Config:
         check_fields(self)  # each value has its constant's type, whether it came from a flag or from code
         if self.min_lr is None:
             self.min_lr = self.max_lr * 0.1
+        self.check()
+
+    def check(self):
+        """Every constant's value, checked before any work starts: a UsageError names the first bad one."""
+        require_at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "total_batch_size",
+                         "B", "T", "max_steps", "eval_interval", "eval_steps")
+        require_at_least(self, 0, "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip")
+        require(self.max_lr > 0, f"max_lr must be above 0, not {self.max_lr}")
+        require(0 <= self.dropout < 1, f"dropout must be at least 0 and below 1, not {self.dropout}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), not {self.betas}")
+        require(self.n_embd % self.n_head == 0,
+                f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}: each head gets n_embd / n_head channels")
+        require(self.warmup_steps <= self.max_steps,
+                f"warmup_steps={self.warmup_steps} is more than max_steps={self.max_steps}: lower --warmup_steps")
+        require(self.init_from != "scratch" or self.T <= self.block_size,
+                f"T={self.T} is longer than block_size={self.block_size}: lower --T or raise --block_size")
+        require(self.total_batch_size % (self.B * self.T) == 0,
+                f"total_batch_size={self.total_batch_size} must be a multiple of B x T = {self.B} x {self.T} = "
+                f"{self.B * self.T}: change --total_batch_size, --B or --T")
+        check_device(self.device)
 
 
 def parse_flags(argv=None):
@@ -169,26 +190,53 @@ def resolve_config(flags):
     if not os.path.exists(ckpt_path):
         raise UsageError(f"--init_from resume, but there is no {ckpt_path}: train first with `python train.py`")
     resumed = load_checkpoint(ckpt_path)
+    missing = sorted(RESUME_KEYS - set(resumed))
+    if missing:
+        raise UsageError(f"{ckpt_path} cannot be resumed: it has no {', '.join(missing)}; fine-tune from it instead "
+                         f"with --init_from {ckpt_path} --log_dir NEW_DIR")
+    changed = [f"--{k} {v}" for k, v in flags.items() if k in SHAPE_KEYS and resumed["config"].get(k) != v]
+    if changed:
+        shape = ", ".join(f"{k}={resumed['config'][k]}" for k in SHAPE_KEYS)
+        raise UsageError(f"--init_from resume continues the checkpoint's model ({shape}), so {' '.join(changed)} "
+                         f"cannot apply: drop it, or train a new model in another --log_dir")
     return Config(**{**resumed["train_config"], **flags}), resumed
 
 
+# what resuming needs from a checkpoint, and the constants that fix a model's shape
+RESUME_KEYS = {"model", "config", "optimizer", "step", "val_loss", "train_config", "data_position", "rng_state"}
+SHAPE_KEYS = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"]
+
+
+def make_log_dir(log_dir):
+    """Create log_dir and make sure files can be written there, before any work starts."""
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write to log_dir {log_dir!r} ({e.strerror or e}): choose another --log_dir") from None
+
+
 def micro_steps_per_step(cfg):
-    """The number of micro-batches per step, or a UsageError if B x T does not divide the batch."""
-    if cfg.total_batch_size % (cfg.B * cfg.T) != 0 or cfg.total_batch_size < cfg.B * cfg.T:
-        raise UsageError(
-            f"total_batch_size={cfg.total_batch_size} must be a multiple of B x T = {cfg.B} x {cfg.T} = "
-            f"{cfg.B * cfg.T}: change --total_batch_size, --B or --T"
-        )
+    """The number of micro-batches per step (Config.check made sure B x T divides the batch)."""
     return cfg.total_batch_size // (cfg.B * cfg.T)
 
 
 def build_model(cfg, resumed):
-    """The model to train: from a checkpoint (resumed), from scratch, or from pretrained GPT-2."""
+    """The model to train: from a checkpoint (resumed), from scratch, from another checkpoint
+    file (this project's or nanoGPT's), or from pretrained GPT-2."""
     if resumed is not None:
-        return model_from_checkpoint(resumed)
+        return model_from_checkpoint(resumed, dropout=cfg.dropout)
     if cfg.init_from == "scratch":
         return GPT(model_shape(cfg))
-    model = load_pretrained(cfg.init_from, dropout=cfg.dropout)
+    if os.path.isfile(cfg.init_from):
+        ckpt = load_checkpoint(cfg.init_from)
+        print(f"fine-tuning {cfg.init_from}: {ckpt['kind']}")
+        model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
+    else:
+        model = load_pretrained(cfg.init_from, dropout=cfg.dropout)
     changed = [f"{k}={v} (was {getattr(cfg, k)})" for k, v in dataclasses.asdict(model.config).items() if getattr(cfg, k) != v]
     if changed:
         print(f"{cfg.init_from} brings its own shape: {', '.join(changed)}")
@@ -208,6 +256,7 @@ def training_state(model, optimizer, cfg, loader, step, val_loss):
     return {
         "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
         "config": dataclasses.asdict(model.config),
+        "model_args": dataclasses.asdict(model.config),  # the same, under the name nanoGPT reads
         "optimizer": optimizer.state_dict(),
         "step": step,  # steps done: a resumed run starts here
         "val_loss": val_loss,
@@ -228,16 +277,25 @@ def trim_log(log_path, first_step):
 
 
 class Interrupt:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one quits."""
+    """The first Ctrl-C (SIGINT), or the SIGTERM that `timeout` and cluster schedulers send
+    before they kill, asks the loop to stop after the current step and save. A second
+    signal quits at once, without saving."""
 
     def __init__(self):
-        self.requested = False
+        self.signal = None  # the signal that asked to stop, once one has
         signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+
+    @property
+    def requested(self):
+        return self.signal is not None
 
     def handle(self, signum, frame):
-        self.requested = True
+        self.signal = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit without saving)", flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        name = "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)", flush=True)
 
 
 def format_eta(step_times, steps_left):
@@ -255,7 +313,7 @@ def main(argv=None):
     # settings, and the machine
     cfg, resumed = resolve_config(parse_flags(argv))
     grad_accum_steps = micro_steps_per_step(cfg)
-    os.makedirs(cfg.log_dir, exist_ok=True)
+    make_log_dir(cfg.log_dir)
     ckpt_path = os.path.join(cfg.log_dir, "ckpt.pt")
     log_path = os.path.join(cfg.log_dir, "log.txt")
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
@@ -295,6 +353,8 @@ def main(argv=None):
     # the loop
     interrupt = Interrupt()
     step_times = []
+    plotting = True
+    plot_title = f"{model.num_params() / 1e6:.1f}M-parameter GPT ({model.config.n_layer} layers, {model.config.n_embd} wide) on {cfg.input_file}"
     for step in range(first_step, cfg.max_steps):
         last_step = step == cfg.max_steps - 1
         step_start = time.time()
@@ -302,6 +362,10 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, norm = train_step(train_loss, optimizer, loader, grad_accum_steps, cfg, device, ctx)
+        if not math.isfinite(loss):  # the weights are broken now: never save them
+            raise RunFailure(f"the loss became {loss} at step {step}: the learning rate is usually too high (lower "
+                             f"--max_lr, or raise --warmup_steps) or, in bfloat16, the precision too low (try --dtype "
+                             f"float32). Nothing was saved after the last good checkpoint")
         if device_type == "cuda":
             torch.cuda.synchronize()  # the GPU works asynchronously: wait for it before timing
         dt = time.time() - step_start
@@ -320,12 +384,14 @@ def main(argv=None):
             print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
             with open(log_path, "a") as f:
                 f.write(f"{step} val {val_loss:.4f}\n")
+            if plotting:  # turns False, after saying why once, if matplotlib is missing
+                plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), plot_title, cfg.total_batch_size)
         if (step + 1) % cfg.eval_interval == 0 or last_step or interrupt.requested:
             save_checkpoint(ckpt_path, training_state(model, optimizer, cfg, loader, step + 1, val_loss))
         if interrupt.requested and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
-            sys.exit(130)
+            sys.exit(128 + interrupt.signal)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
     print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f}")
     print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')

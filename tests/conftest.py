@@ -41,7 +41,13 @@ def hf_dir(tmp_path_factory):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     path = tmp_path_factory.mktemp("hf_gpt2")
-    GPT2LMHeadModel(config).save_pretrained(path)
+    model = GPT2LMHeadModel(config)
+    # A fresh model's biases are 0 and its LayerNorms the identity, so a bias or a
+    # LayerNorm mixed up in loading could never show. Every number is made random.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(mean=1.0 if parameter.dim() == 1 else 0.0, std=0.1)
+    model.save_pretrained(path)
     return str(path)
 
 
@@ -57,9 +63,13 @@ def ckpt_path(tmp_path_factory):
     return path
 
 
-def run_script(script, *args, cwd=None, env_extra=None, timeout=300):
-    """Run one of the project's scripts with this Python, offline, and capture its output."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+def run_script(script, *args, cwd=None, env_extra=None, timeout=300, hub_offline=True):
+    """Run one of the project's scripts with this Python and capture its output. It runs
+    offline either way; hub_offline=True also tells Hugging Face so (HF_HUB_OFFLINE=1)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    env.pop("HF_HUB_OFFLINE", None)
+    if hub_offline:
+        env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -84,7 +94,8 @@ def train_run(tmp_path, text_file, *flags, **kwargs):
 # the shape tiny_model builds
 TINY_SHAPE = dict(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
 # a model small enough to train in a blink, compiled only where a test asks for it
-TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--compile", "False"]
+TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--warmup_steps", 1,
+              "--compile", "False"]
 # the step line train.py prints, as the README shows it
 STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
 

@@ -52,6 +52,24 @@ def test_cache_logits_match_full_forward():
     assert cache[0].length == 20 and cache[0].k.shape == (2, 4, 32, 8)
 
 
+def test_cache_in_bfloat16_tracks_the_full_forward():
+    """sample.py's default where the CPU has native bf16: weights and cache in bfloat16.
+    Rounding differs between one token at a time and the whole context at once, so the
+    logits agree to bf16's precision (8 bits of mantissa), not exactly."""
+    model = tiny_model(**SHAPES[1]).to(torch.bfloat16)
+    idx = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(3))
+    cache = model.new_kv_cache()
+    model(idx[:, :12], kv_cache=cache)
+    assert cache[0].k.dtype == torch.bfloat16
+    for t in range(12, 20):
+        step_logits, _ = model(idx[:, t : t + 1], kv_cache=cache)
+        full_logits, _ = model(idx[:, : t + 1])
+        assert step_logits.dtype == torch.bfloat16
+        assert torch.allclose(step_logits.float(), full_logits.float(), atol=0.03, rtol=0.02)
+    out = model.generate(idx[:, :5], 30, top_k=10, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 35) and out.max() < 100
+
+
 def test_a_row_is_the_same_alone_or_in_a_batch():
     model = tiny_model(**SHAPES[1])
     idx = torch.zeros(3, 2, dtype=torch.long)

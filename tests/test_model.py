@@ -29,6 +29,8 @@ def test_matches_hugging_face_logits_and_loss(hf_dir):
         last_logits, no_loss = ours(idx)
     assert (our_logits - ref_logits).abs().max().item() < 1e-4
     assert abs(our_loss.item() - ref_loss.item()) < 1e-5
+    with torch.no_grad():  # the path training takes: the chunked loss from the hidden states
+        assert abs(TrainingLoss(ours, chunked=True)(idx, targets).item() - ref_loss.item()) < 1e-5
     # without targets only the last position is computed, and it is the same
     assert no_loss is None and last_logits.shape == (3, 1, 1000)
     assert (last_logits[:, 0] - ref_logits[:, -1]).abs().max().item() < 1e-4

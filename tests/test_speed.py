@@ -80,6 +80,11 @@ def test_bf16_autocast_tracks_float32():
     f32, bf16 = np.array(curves["float32"]), np.array(curves["bfloat16"])
     assert f32[0] - f32[-1] > 2.5  # it learned
     assert np.abs(f32 - bf16).max() < 0.05, np.abs(f32 - bf16).max()
+    assert not np.array_equal(f32, bf16)  # they differ a little: bf16 really ran...
+    with speed.autocast_context("cpu", "bfloat16"):  # ...because autocast makes the products bf16
+        assert model.lm_head(torch.randn(2, 64)).dtype == torch.bfloat16
+    with speed.autocast_context("cpu", "float32"):
+        assert model.lm_head(torch.randn(2, 64)).dtype == torch.float32
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):

@@ -96,8 +96,8 @@ def test_every_constant_is_a_flag():
     for field in train.dataclasses.fields(train.Config):
         assert f"--{field.name}" in help_text
     assert "transformer blocks (default: 6)" in help_text  # the comment beside the constant
-    flags = train.parse_flags(["--max_steps", "7", "--bias", "False", "--betas", "0.8", "0.9", "--device", "cpu"])
-    assert flags == {"max_steps": 7, "bias": False, "betas": [0.8, 0.9], "device": "cpu"}
+    flags = train.parse_flags(["--max_steps", "17", "--bias", "False", "--betas", "0.8", "0.9", "--device", "cpu"])
+    assert flags == {"max_steps": 17, "bias": False, "betas": [0.8, 0.9], "device": "cpu"}
     assert train.Config(**flags).betas == (0.8, 0.9)
 
 
@@ -130,14 +130,17 @@ def test_end_to_end_then_sample(tmp_path, text_file):
 
 
 @pytest.mark.slow
-def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file):
-    flags = ["--max_steps", 40, "--eval_interval", 15, "--log_dir"]
+@pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True"]], ids=["plain", "dropout", "compiled"])
+def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file, extra):
+    """With dropout, the restored random state decides the masks; compiled, the same holds."""
+    flags = [*extra, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
     full = train_run(tmp_path, text_file, *flags, tmp_path / "full")
     assert full.returncode == 0, full.stderr
     full_losses = step_losses(full.stdout)
 
     # Ctrl-C a second run once it has printed step 2, then resume it
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--input_file", str(text_file), *map(str, TINY_FLAGS), *map(str, flags), str(tmp_path / "cut")]
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--input_file", str(text_file), *map(str, TINY_FLAGS),
+           *map(str, flags), str(tmp_path / "cut")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     output = []
     for line in proc.stdout:
@@ -165,11 +168,17 @@ def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_fil
 
 @pytest.mark.slow
 def test_fine_tune_from_hugging_face_directory(tmp_path, text_file, hf_dir_gpt2_vocab):
-    r = train_run(tmp_path, text_file, "--max_steps", 2, "--init_from", hf_dir_gpt2_vocab)
+    # a learning rate so small that the weights stay the pretrained ones to 1e-6
+    r = train_run(tmp_path, text_file, "--max_steps", 2, "--init_from", hf_dir_gpt2_vocab, "--max_lr", "1e-12")
     assert r.returncode == 0, r.stderr
     assert "brings its own shape" in r.stdout and "n_embd=32 (was 64)" in r.stdout
     ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
     assert ckpt["config"]["n_embd"] == 32 and ckpt["config"]["vocab_size"] == 50257
+    from transformers import GPT2LMHeadModel
+
+    pretrained = GPT2LMHeadModel.from_pretrained(hf_dir_gpt2_vocab).state_dict()
+    for key in ("transformer.wte.weight", "transformer.h.0.ln_1.bias", "transformer.ln_f.weight"):
+        assert torch.allclose(ckpt["model"][key], pretrained[key], atol=1e-6), key
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +189,11 @@ def hf_dir_gpt2_vocab(tmp_path_factory):
     torch.manual_seed(0)
     config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, bos_token_id=50256, eos_token_id=50256)
     path = tmp_path_factory.mktemp("hf_gpt2_vocab")
-    GPT2LMHeadModel(config).save_pretrained(path)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # LayerNorms and biases unlike a fresh model's, so loading them shows
+        for parameter in model.parameters():
+            parameter.normal_(mean=1.0 if parameter.dim() == 1 else 0.0, std=0.1)
+    model.save_pretrained(path)
     return str(path)
 
 
@@ -239,6 +252,8 @@ def test_resume_without_checkpoint(tmp_path, text_file):
 
 
 @pytest.mark.slow
-def test_pretrained_offline(tmp_path, text_file):
-    r = train_run(tmp_path, text_file, "--init_from", "gpt2", env_extra={"HF_HUB_CACHE": str(tmp_path / "empty")})
-    assert_refused(r, "not in the Hugging Face cache")
+@pytest.mark.parametrize("hub_offline", [True, False], ids=["HF_HUB_OFFLINE", "no network"])
+def test_pretrained_offline(tmp_path, text_file, hub_offline):
+    r = train_run(tmp_path, text_file, "--init_from", "gpt2", env_extra={"HF_HUB_CACHE": str(tmp_path / "empty")},
+                  hub_offline=hub_offline)
+    assert_refused(r, "not in the Hugging Face cache", "save_pretrained")
