@@ -231,6 +231,8 @@ def build_model(cfg, resumed):
         return model_from_checkpoint(resumed, dropout=cfg.dropout)
     if cfg.init_from == "scratch":
         return GPT(model_shape(cfg))
+    if cfg.init_from.endswith(".pt") and not os.path.exists(cfg.init_from):
+        raise UsageError(f"no checkpoint at {cfg.init_from}: check the path given to --init_from")
     if os.path.isfile(cfg.init_from):
         ckpt = load_checkpoint(cfg.init_from)
         print(f"fine-tuning {cfg.init_from}: {ckpt['kind']}")
