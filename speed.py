@@ -6,7 +6,8 @@ changes the model. README's Performance section measures each one.
     check_device      a device name this machine has, or a one-line error
     choose_dtype      bfloat16 where the hardware multiplies it natively, else float32
     autocast_context  bf16 autocast, or nothing to switch on
-    set_threads       one CPU thread per physical core
+    set_up_device     device, dtype, autocast and threads (one per physical core), once
+    Processes         this process's place under torchrun: DDP, gradient sync, agreeing to stop
     want_compile, compile_model   torch.compile, with a fallback when it fails
     TrainingLoss      the model as training calls it, with the chunked loss by name
     ChunkedCrossEntropy           the loss without holding all the logits at once
@@ -112,16 +113,79 @@ def physical_cores():
     return len(cores)
 
 
-def set_up_device(device_name, dtype_setting, threads=0):
-    """Device, dtype and threads, chosen once: (device, device_type, dtype, autocast context)."""
+def set_up_device(device_name, dtype_setting, threads=0, processes=None):
+    """Device, dtype and threads, chosen once: (device, device_type, dtype, autocast context).
+    Under torchrun each process takes the GPU numbered by its LOCAL_RANK, and on the CPU
+    the cores are shared among the processes of this machine."""
+    processes = processes or Processes()
     device = pick_device(device_name)
     device_type = device.split(":")[0]
+    if processes.world_size > 1 and device_type in ("cuda", "xpu") and ":" not in device:
+        device = f"{device_type}:{processes.local_rank}"
+        getattr(torch, device_type).set_device(device)
     if device_type == "cpu":
-        torch.set_num_threads(threads or physical_cores())
+        torch.set_num_threads(threads or max(1, physical_cores() // processes.local_world_size))
     if device_type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in float32
     dtype = choose_dtype(dtype_setting, device_type)
     return device, device_type, dtype, autocast_context(device_type, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+
+
+class Processes:
+    """This process's place among those torchrun started (RANK, LOCAL_RANK, WORLD_SIZE in
+    its environment), or one process alone. Alone, nothing here does any work: plain
+    `python train.py` runs no distributed code."""
+
+    def __init__(self):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.main = self.rank == 0  # the one that prints, writes log/ and saves checkpoints
+
+    def start(self, device_name):
+        """Join the other processes: gloo between CPUs, nccl between CUDA GPUs."""
+        if self.world_size > 1:
+            backend = "nccl" if pick_device(device_name).startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    def wrap(self, module, device):
+        """module inside DistributedDataParallel, which averages the gradients of all
+        processes during backward(); module itself when alone."""
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.device(device).index] if device.startswith(("cuda", "xpu")) else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def sync_gradients(self, module, last_micro_step):
+        """Gradients are averaged across processes once per step, on the last micro-step;
+        the others only add to .grad locally (DDP's no_sync)."""
+        if self.world_size == 1 or last_micro_step:
+            return nullcontext()
+        return module.no_sync()
+
+    def agree(self, loss, stop):
+        """(the mean of loss over processes, whether any process wants to stop): one
+        all-reduce per step, so every process prints the same loss and stops at the same step."""
+        if self.world_size == 1:
+            return loss, stop
+        both = torch.tensor([loss, float(stop)], dtype=torch.float64)
+        torch.distributed.all_reduce(both)  # summed; gloo has no average
+        return both[0].item() / self.world_size, both[1].item() > 0
+
+    def barrier(self):
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, req
 from data import DataLoader, load_tokens, split_tokens
 from model import GPT, GPTConfig
 from plot import plot_losses
-from speed import TrainingLoss, check_device, compile_model, set_up_device, want_compile
+from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.
@@ -55,7 +55,7 @@ class Config:
     betas: tuple = (0.9, 0.95)  # AdamW's moving-average rates for the gradient and its square
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
     # the run
-    input_file: str = "input"  # the training text, UTF-8
+    input_file: str = "input"  # the training text, UTF-8: a file, a directory (every *.txt in it) or a glob
     log_dir: str = "log"  # log.txt, ckpt.pt and the token cache go here
     device: str = "auto"  # auto (CUDA, then Intel XPU, then Apple MPS, then CPU), cpu, cuda, cuda:1, xpu, mps
     seed: int = 1337  # seeds the weights' initialisation and dropout
@@ -136,13 +136,16 @@ def micro_step(train_loss, x, y, ctx, grad_accum_steps):
     return loss.item()
 
 
-def train_step(train_loss, optimizer, loader, grad_accum_steps, cfg, device, ctx):
-    """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm)."""
+def train_step(train_loss, optimizer, loader, grad_accum_steps, cfg, device, ctx, processes=None):
+    """One optimizer step over grad_accum_steps micro-batches (this process's share of
+    them under torchrun); returns (loss, grad norm)."""
+    processes = processes or Processes()
     optimizer.zero_grad(set_to_none=True)
     loss = 0.0
-    for _ in range(grad_accum_steps):
+    for i in range(grad_accum_steps):
         x, y = loader.next_batch()
-        loss += micro_step(train_loss, x.to(device), y.to(device), ctx, grad_accum_steps)
+        with processes.sync_gradients(train_loss, last_micro_step=i == grad_accum_steps - 1):
+            loss += micro_step(train_loss, x.to(device), y.to(device), ctx, grad_accum_steps)
     # one unusually large gradient (a bad batch) should not throw the weights far off
     norm = torch.nn.utils.clip_grad_norm_(train_loss.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     optimizer.step()
@@ -219,9 +222,14 @@ def make_log_dir(log_dir):
         raise UsageError(f"cannot write to log_dir {log_dir!r} ({e.strerror or e}): choose another --log_dir") from None
 
 
-def micro_steps_per_step(cfg):
-    """The number of micro-batches per step (Config.check made sure B x T divides the batch)."""
-    return cfg.total_batch_size // (cfg.B * cfg.T)
+def micro_steps_per_step(cfg, world_size=1):
+    """The number of micro-batches each process runs per step (Config.check made sure that
+    B x T divides the batch), or a UsageError if the processes cannot share them evenly."""
+    micro_steps = cfg.total_batch_size // (cfg.B * cfg.T)
+    if micro_steps % world_size != 0:
+        raise UsageError(f"total_batch_size / (B x T) = {micro_steps} micro-batches per step cannot be shared evenly "
+                         f"among {world_size} processes: change --total_batch_size, --B or --T, or the process count")
+    return micro_steps // world_size
 
 
 def build_model(cfg, resumed):
@@ -247,8 +255,9 @@ def build_model(cfg, resumed):
 
 def load_splits(cfg, vocab_size):
     """The training and validation tokens, checked against the batch and the vocabulary."""
-    train_tokens, val_tokens = split_tokens(load_tokens(cfg.input_file, cfg.log_dir), cfg.B, cfg.T, cfg.input_file)
-    if max(train_tokens.max(), val_tokens.max()) >= vocab_size:
+    tokens, max_token = load_tokens(cfg.input_file, cfg.log_dir)
+    train_tokens, val_tokens = split_tokens(tokens, cfg.B, cfg.T, cfg.input_file)
+    if max_token >= vocab_size:
         raise UsageError(f"{cfg.input_file} has GPT-2 tokens beyond the model's vocab_size={vocab_size}")
     return train_tokens, val_tokens
 
@@ -280,11 +289,14 @@ def trim_log(log_path, first_step):
 
 class Interrupt:
     """The first Ctrl-C (SIGINT), or the SIGTERM that `timeout` and cluster schedulers send
-    before they kill, asks the loop to stop after the current step and save. A second
-    signal quits at once, without saving."""
+    before they kill, asks the loop to stop after the current step and save. Alone, a
+    second Ctrl-C quits at once, without saving. Under torchrun further signals are
+    ignored: Ctrl-C reaches torchrun too, which then sends every process a SIGTERM, and
+    all processes must reach the end of the step together for the save to happen."""
 
-    def __init__(self):
+    def __init__(self, second_quits=True):
         self.signal = None  # the signal that asked to stop, once one has
+        self.second_quits = second_quits
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
 
@@ -293,9 +305,11 @@ class Interrupt:
         return self.signal is not None
 
     def handle(self, signum, frame):
+        if self.requested:
+            return  # a SIGTERM after the first signal: the save is already on its way
         self.signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if self.second_quits:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         name = "interrupted" if signum == signal.SIGINT else "terminated"
         print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)", flush=True)
 
@@ -311,64 +325,109 @@ def format_eta(step_times, steps_left):
 # The run
 
 
-def main(argv=None):
-    # settings, and the machine
-    cfg, resumed = resolve_config(parse_flags(argv))
-    grad_accum_steps = micro_steps_per_step(cfg)
-    make_log_dir(cfg.log_dir)
-    ckpt_path = os.path.join(cfg.log_dir, "ckpt.pt")
-    log_path = os.path.join(cfg.log_dir, "log.txt")
-    device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
-    torch.manual_seed(cfg.seed)
+@dataclass
+class Run:
+    """What the loop works with, set up once by main()."""
 
-    # the model and the data
+    cfg: Config
+    processes: Processes
+    device: str
+    ctx: object  # the autocast context, or nothing to switch on
+    model: GPT  # the plain model: evaluated, saved
+    train_loss: torch.nn.Module  # the model as training calls it: chunked, compiled, wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    val_tokens: object
+    grad_accum_steps: int  # micro-steps per step, in this process
+    first_step: int
+    val_loss: Optional[float]
+
+
+def main(argv=None):
+    # settings, and the machine: one process, or one of several under torchrun
+    cfg, resumed = resolve_config(parse_flags(argv))
+    processes = Processes()
+    grad_accum_steps = micro_steps_per_step(cfg, processes.world_size)
+    processes.start(cfg.device)
+    if not processes.main:
+        sys.stdout = open(os.devnull, "w")  # only the first process prints
+    try:
+        run = set_up(cfg, resumed, processes, grad_accum_steps)
+        train(run)
+    finally:
+        processes.close()
+
+
+def set_up(cfg, resumed, processes, grad_accum_steps):
+    """The model, the data, the optimizer and the loss to train, ready for the loop."""
+    if processes.main:
+        make_log_dir(cfg.log_dir)
+    device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads, processes)
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg, resumed)
     if cfg.T > model.config.block_size:
         raise UsageError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}: lower --T")
     model.to(device)
+    if not processes.main:
+        processes.barrier()  # wait while the first process tokenizes, then read its token file
     train_tokens, val_tokens = load_splits(cfg, model.config.vocab_size)
-    loader = DataLoader(train_tokens, cfg.B, cfg.T)
+    if processes.main:
+        processes.barrier()
+    loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
     train_loss, compile_note = TrainingLoss(model, chunked=cfg.chunked_loss), "off"
     if want_compile(cfg.compile, device_type):
         train_loss, compile_note = compile_training_loss(train_loss, cfg, device, ctx)
+    train_loss = processes.wrap(train_loss, device)
     first_step, val_loss = 0, None
+    log_path = os.path.join(cfg.log_dir, "log.txt")
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         loader.position = resumed["data_position"]
         torch.set_rng_state(resumed["rng_state"])
         first_step, val_loss = resumed["step"], resumed["val_loss"]
-        trim_log(log_path, first_step)
-        print(f"resuming from {ckpt_path} at step {first_step}")
-    elif os.path.exists(log_path):
+        if processes.main:
+            trim_log(log_path, first_step)
+        print(f"resuming from {os.path.join(cfg.log_dir, 'ckpt.pt')} at step {first_step}")
+    elif processes.main and os.path.exists(log_path):
         os.remove(log_path)  # a new run starts a new log
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
         f"chunked loss {'on' if cfg.chunked_loss else 'off'} | parameters {model.num_params():,} | "
-        f"tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps} | "
-        f"train/val tokens {len(train_tokens):,}/{len(val_tokens):,}",
+        f"tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps * processes.world_size} | "
+        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,}",
         flush=True,
     )
+    return Run(cfg, processes, device, ctx, model, train_loss, optimizer, loader, val_tokens, grad_accum_steps,
+               first_step, val_loss)
 
-    # the loop
-    interrupt = Interrupt()
+
+def train(run):
+    """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint."""
+    cfg, processes = run.cfg, run.processes
+    ckpt_path, log_path = os.path.join(cfg.log_dir, "ckpt.pt"), os.path.join(cfg.log_dir, "log.txt")
+    interrupt = Interrupt(second_quits=processes.world_size == 1)
     step_times = []
-    plotting = True
-    plot_title = f"{model.num_params() / 1e6:.1f}M-parameter GPT ({model.config.n_layer} layers, {model.config.n_embd} wide) on {cfg.input_file}"
-    for step in range(first_step, cfg.max_steps):
+    plotting = processes.main
+    shape = run.model.config
+    plot_title = f"{run.model.num_params() / 1e6:.1f}M-parameter GPT ({shape.n_layer} layers, {shape.n_embd} wide) on {cfg.input_file}"
+    val_loss = run.val_loss
+    for step in range(run.first_step, cfg.max_steps):
         last_step = step == cfg.max_steps - 1
         step_start = time.time()
         lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        loss, norm = train_step(train_loss, optimizer, loader, grad_accum_steps, cfg, device, ctx)
+        loss, norm = train_step(run.train_loss, run.optimizer, run.loader, run.grad_accum_steps, cfg, run.device, run.ctx,
+                                processes)
+        loss, stop = processes.agree(loss, interrupt.requested)  # the same loss and decision in every process
         if not math.isfinite(loss):  # the weights are broken now: never save them
             raise RunFailure(f"the loss became {loss} at step {step}: the learning rate is usually too high (lower "
                              f"--max_lr, or raise --warmup_steps) or, in bfloat16, the precision too low (try --dtype "
                              f"float32). Nothing was saved after the last good checkpoint")
-        if device_type == "cuda":
+        if run.device.startswith("cuda"):
             torch.cuda.synchronize()  # the GPU works asynchronously: wait for it before timing
         dt = time.time() - step_start
         step_times.append(dt)
@@ -377,26 +436,34 @@ def main(argv=None):
             f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {format_eta(step_times, cfg.max_steps - step - 1)}",
             flush=True,
         )
+        if not processes.main:
+            if stop and not last_step:
+                sys.exit(0)  # the first process saves and says how to continue
+            continue
         with open(log_path, "a") as f:
             f.write(f"{step} train {loss:.6f}\n")
-
         if (step + 1) % cfg.eval_interval == 0 or last_step:
             # the plain model: the compiled one would compile again for evaluation's no_grad
-            val_loss = evaluate(model, val_tokens, cfg, device, ctx)
+            val_loss = evaluate(run.model, run.val_tokens, cfg, run.device, run.ctx)
             print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
             with open(log_path, "a") as f:
                 f.write(f"{step} val {val_loss:.4f}\n")
             if plotting:  # turns False, after saying why once, if matplotlib is missing
                 plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), plot_title, cfg.total_batch_size)
-        if (step + 1) % cfg.eval_interval == 0 or last_step or interrupt.requested:
-            save_checkpoint(ckpt_path, training_state(model, optimizer, cfg, loader, step + 1, val_loss))
-        if interrupt.requested and not last_step:
+        if processes.world_size == 1:
+            stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
+        if (step + 1) % cfg.eval_interval == 0 or last_step or stop:
+            save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, cfg, run.loader, step + 1, val_loss))
+        if stop and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
-            sys.exit(128 + interrupt.signal)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+            # the shell's convention: 130 for SIGINT, 143 for SIGTERM; under torchrun 0, since
+            # torchrun reports any other code as a crash
+            sys.exit(128 + (interrupt.signal or signal.SIGTERM) if processes.world_size == 1 else 0)
 
-    print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f}")
-    print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
+    if processes.main:
+        print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f}")
+        print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
 
 
 if __name__ == "__main__":

@@ -113,3 +113,22 @@ def text_file(tmp_path):
 def step_losses(stdout):
     """{step: training loss} from train.py's output."""
     return {int(step): float(loss) for step, loss in STEP_LINE.findall(stdout)}
+
+
+def start_training(tmp_path, text_file, log_dir, *flags):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--input_file", str(text_file), "--log_dir", str(log_dir),
+           *map(str, TINY_FLAGS), *map(str, flags)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1"))
+
+
+def signal_when(proc, *cues):
+    """cues: (prefix, signal) pairs, in order; each signal is sent once a line starting with
+    its prefix is printed. Returns all of stdout."""
+    output, cues = [], list(cues)
+    for line in proc.stdout:
+        output.append(line)
+        if cues and line.lstrip("\n").startswith(cues[0][0]):
+            proc.send_signal(cues.pop(0)[1])
+    proc.wait(timeout=120)
+    return "".join(output)

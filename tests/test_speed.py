@@ -130,7 +130,7 @@ def test_start_up_line_says_what_is_on(tmp_path, text_file):
     r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
                    "--dtype", "bfloat16", "--chunked_loss", "False", "--threads", 1, "--max_steps", 1)
     assert r.returncode == 0, r.stderr
-    first = r.stdout.splitlines()[0]
+    first = next(line for line in r.stdout.splitlines() if line.startswith("device "))
     for part in ("dtype bfloat16", "threads 1", "compile off", "chunked loss off"):
         assert part in first
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import train
 from conftest import ROOT, TINY_FLAGS, assert_refused, run_script, step_losses, tiny_model, train_run
 from data import DataLoader, get_tokenizer
@@ -49,17 +48,6 @@ def test_gradient_accumulation_equals_big_batch():
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
 
 
-def test_data_loader_shifts_and_wraps():
-    tokens = np.arange(100, dtype=np.uint16)
-    loader = DataLoader(tokens, 2, 10)
-    x, y = loader.next_batch()
-    assert x.shape == (2, 10) and torch.equal(y, x + 1)
-    for _ in range(3):
-        loader.next_batch()
-    x, _ = loader.next_batch()  # 4 batches used 80 tokens; 21 more do not fit, so it wraps
-    assert x[0, 0].item() == 0
-
-
 def test_tiny_model_overfits_one_batch():
     model = tiny_model(n_embd=64).train()
     tokens = np.random.default_rng(0).integers(0, 100, size=4 * 32 + 1).astype(np.uint16)
@@ -71,24 +59,6 @@ def test_tiny_model_overfits_one_batch():
         if loss < 0.5:
             break
     assert loss < 0.5, f"loss {loss} after 100 steps"
-
-
-def test_token_cache_reused_and_rebuilt(tmp_path, monkeypatch):
-    text = tmp_path / "t.txt"
-    text.write_text("To be, or not to be, that is the question.", encoding="utf-8")
-    first = data.load_tokens(str(text), str(tmp_path))
-    assert (tmp_path / "tokens.npz").exists() and first.dtype == np.uint16
-
-    def no_tokenizer():
-        raise AssertionError("tokenized again although the text did not change")
-
-    monkeypatch.setattr(data, "get_tokenizer", no_tokenizer)
-    assert np.array_equal(data.load_tokens(str(text), str(tmp_path)), first)
-    monkeypatch.undo()
-    text.write_text("Whether 'tis nobler in the mind to suffer", encoding="utf-8")
-    second = data.load_tokens(str(text), str(tmp_path))
-    assert not np.array_equal(first, second)
-    assert second.tolist() == get_tokenizer().encode("Whether 'tis nobler in the mind to suffer")
 
 
 def test_every_constant_is_a_flag():
