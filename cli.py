@@ -18,6 +18,7 @@ import inspect
 import io
 import math
 import os
+import shlex
 import sys
 import tokenize
 import typing
@@ -150,10 +151,21 @@ def check_fields(config):
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, whose errors become a UsageError (one line, exit code 2) like any other."""
+    """argparse, whose errors become a UsageError (one line, exit code 2) like any other,
+    and which reads flags from a file named with @: `python train.py @recipes/30min.txt`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fromfile_prefix_chars="@", **kwargs)
 
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
+
+    def convert_arg_line_to_args(self, line):
+        """A line of a flags file: a flag and its value, with an optional # comment."""
+        try:
+            return shlex.split(line, comments=True)
+        except ValueError as e:  # an unclosed quote
+            raise UsageError(f"cannot read the flags file line {line.strip()!r}: {e}") from None
 
 
 def flag_parser(config_class, prog, description):

@@ -16,6 +16,7 @@ paths, sizes and modification times) reads only the token file.
 """
 
 import codecs
+import functools
 import glob
 import importlib.metadata
 import json
@@ -32,6 +33,7 @@ EOT = 50256  # <|endoftext|>: goes between documents, as in GPT-2's training tex
 PIECE_BYTES = 4 << 20  # how much text is read at a time
 
 
+@functools.cache  # built once per process, then shared
 def get_tokenizer():
     """tiktoken's "gpt2" encoding, built from local files.
 
@@ -90,6 +92,7 @@ def load_tokens(input_file, cache_dir):
     """(tokens, largest token id) for all the text input_file names, documents joined by
     <|endoftext|>. tokens is a read-only uint16 memory map of cache_dir/tokens.bin."""
     files = text_files(input_file)
+    os.makedirs(cache_dir, exist_ok=True)
     bin_path, meta_path = os.path.join(cache_dir, "tokens.bin"), os.path.join(cache_dir, "tokens.json")
     sources = [describe_file(path) for path in files]
     meta = read_token_cache(bin_path, meta_path, sources)

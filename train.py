@@ -23,7 +23,7 @@ import torch
 
 from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from data import DataLoader, load_tokens, split_tokens
+from data import DataLoader, get_tokenizer, load_tokens, split_tokens
 from model import GPT, GPTConfig
 from plot import plot_losses
 from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
@@ -60,7 +60,9 @@ class Config:
     device: str = "auto"  # auto (CUDA, then Intel XPU, then Apple MPS, then CPU), cpu, cuda, cuda:1, xpu, mps
     seed: int = 1337  # seeds the weights' initialisation and dropout
     eval_interval: int = 10  # evaluate and save a checkpoint every this many steps (and at the end)
-    eval_steps: int = 10  # validation batches per evaluation (always the same ones)
+    eval_steps: int = 10  # validation batches per evaluation, spread evenly over the split (always the same ones)
+    eval_sample_tokens: int = 30  # tokens sampled from sample_prompt at each evaluation, on one line; 0: none
+    sample_prompt: str = "ROMEO:"  # the text those samples continue
     init_from: str = "scratch"  # scratch, resume (log_dir/ckpt.pt), a GPT-2 name, a Hugging Face directory, or a checkpoint file to fine-tune
     # speed (README's Performance section); each one can be turned off
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 autocast where the hardware has native bf16 matmuls, else float32
@@ -78,7 +80,7 @@ class Config:
         """Every constant's value, checked before any work starts: a UsageError names the first bad one."""
         require_at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "total_batch_size",
                          "B", "T", "max_steps", "eval_interval", "eval_steps")
-        require_at_least(self, 0, "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip")
+        require_at_least(self, 0, "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip", "eval_sample_tokens")
         require(self.max_lr > 0, f"max_lr must be above 0, not {self.max_lr}")
         require(0 <= self.dropout < 1, f"dropout must be at least 0 and below 1, not {self.dropout}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), not {self.betas}")
@@ -160,19 +162,57 @@ def compile_training_loss(train_loss, cfg, device, ctx):
 
 
 def evaluate(model, val_tokens, cfg, device, ctx):
-    """Mean loss over the first eval_steps batches of the validation split: always the
-    same tokens, so numbers from different steps and different runs are comparable."""
-    loader = DataLoader(val_tokens, cfg.B, cfg.T)
+    """Mean loss over eval_steps batches spread evenly over the whole validation split:
+    always the same tokens, so numbers from different steps and runs are comparable,
+    and not only the split's first pages, which need not be typical."""
+    span = len(val_tokens) - cfg.B * cfg.T - 1  # the last position a batch can start at
+    starts = [round(i * span / max(1, cfg.eval_steps - 1)) for i in range(cfg.eval_steps)]
+    return mean_loss(model, [batch_at(val_tokens, start, cfg.B, cfg.T) for start in starts], device, ctx)
+
+
+def evaluate_whole_split(model, val_tokens, cfg, device, ctx):
+    """Mean loss over every window of T tokens in the validation split, B windows at a
+    time: the figure to compare runs by, computed once at the end."""
+    n_windows = (len(val_tokens) - 1) // cfg.T
+    batches = (batch_at(val_tokens, first * cfg.T, min(cfg.B, n_windows - first), cfg.T)
+               for first in range(0, n_windows, cfg.B))
+    return mean_loss(model, batches, device, ctx)
+
+
+def batch_at(tokens, start, B, T):
+    """B consecutive windows of T tokens from start, and their next-token targets."""
+    return DataLoader(tokens, B, T, position=start).next_batch()
+
+
+def mean_loss(model, batches, device, ctx):
+    """The model's mean loss per token over batches (x, y) that all have windows of the same length."""
     model.eval()
-    total = 0.0
+    total, count = 0.0, 0
     with torch.no_grad():
-        for _ in range(cfg.eval_steps):
-            x, y = loader.next_batch()
+        for x, y in batches:
             with ctx:
                 _, loss = model(x.to(device), y.to(device))
-            total += loss.item()
+            total, count = total + loss.item() * len(x), count + len(x)
     model.train()
-    return total / cfg.eval_steps
+    return total / count
+
+
+def sample_line(model, cfg, device, ctx):
+    """A short sample from sample_prompt at a fixed seed, on one line with its newlines
+    shown as \\n: printed at each evaluation, to watch the model go from commas to words
+    to verse. None when the prompt has tokens beyond the model's vocabulary."""
+    enc = get_tokenizer()
+    prompt = enc.encode(cfg.sample_prompt)
+    if not prompt or max(prompt) >= model.config.vocab_size:
+        return None
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    model.eval()
+    with ctx:
+        out = model.generate(idx, cfg.eval_sample_tokens, top_k=50, generator=generator)[0, len(prompt):].tolist()
+    model.train()
+    text = cfg.sample_prompt + enc.decode([t for t in out if t < enc.n_vocab], errors="replace")
+    return text.replace("\n", "\\n")
 
 
 # ----------------------------------------------------------------------------
@@ -314,6 +354,13 @@ class Interrupt:
         print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)", flush=True)
 
 
+def diverged(what, step):
+    """The RunFailure for a run whose numbers blew up: nothing is saved after it."""
+    return RunFailure(f"{what} at step {step}: the learning rate is usually too high (lower --max_lr, or raise "
+                      f"--warmup_steps) or, in bfloat16, the precision too low (try --dtype float32). Nothing was "
+                      f"saved after the last good checkpoint")
+
+
 def format_eta(step_times, steps_left):
     """Time left at the typical step time; the first step, with its one-off warm-up, is left out."""
     typical = sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
@@ -424,9 +471,7 @@ def train(run):
                                 processes)
         loss, stop = processes.agree(loss, interrupt.requested)  # the same loss and decision in every process
         if not math.isfinite(loss):  # the weights are broken now: never save them
-            raise RunFailure(f"the loss became {loss} at step {step}: the learning rate is usually too high (lower "
-                             f"--max_lr, or raise --warmup_steps) or, in bfloat16, the precision too low (try --dtype "
-                             f"float32). Nothing was saved after the last good checkpoint")
+            raise diverged(f"the loss became {loss}", step)
         if run.device.startswith("cuda"):
             torch.cuda.synchronize()  # the GPU works asynchronously: wait for it before timing
         dt = time.time() - step_start
@@ -445,14 +490,20 @@ def train(run):
         if (step + 1) % cfg.eval_interval == 0 or last_step:
             # the plain model: the compiled one would compile again for evaluation's no_grad
             val_loss = evaluate(run.model, run.val_tokens, cfg, run.device, run.ctx)
+            if not math.isfinite(val_loss):
+                raise diverged(f"the validation loss became {val_loss}", step)
             print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
             with open(log_path, "a") as f:
                 f.write(f"{step} val {val_loss:.4f}\n")
             if plotting:  # turns False, after saying why once, if matplotlib is missing
                 plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), plot_title, cfg.total_batch_size)
+            if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, cfg, run.device, run.ctx)) is not None:
+                print(f"step {step:4d} | sample: {text}", flush=True)
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
         if (step + 1) % cfg.eval_interval == 0 or last_step or stop:
+            if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+                raise diverged("the weights stopped being numbers (inf or nan)", step)
             save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, cfg, run.loader, step + 1, val_loss))
         if stop and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
@@ -462,7 +513,9 @@ def train(run):
             sys.exit(128 + (interrupt.signal or signal.SIGTERM) if processes.world_size == 1 else 0)
 
     if processes.main:
-        print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f}")
+        whole = evaluate_whole_split(run.model, run.val_tokens, cfg, run.device, run.ctx)
+        print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f} "
+              f"(on the whole validation split, every window: {whole:.4f})")
         print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
 
 

@@ -81,3 +81,14 @@ def test_both_scripts_read_their_constants_the_same_way():
     assert train.Config(compile="True").compile is True  # as old checkpoints stored it
     with pytest.raises(UsageError, match="top_p"):
         sample.Config(top_p=0.0)
+
+
+def test_flags_from_a_file_and_flags_after_it_override(tmp_path):
+    recipe = tmp_path / "recipe.txt"
+    recipe.write_text("# a recipe: one flag and its value per line\n"
+                      "--max_steps 40   # long enough to matter\n\n"
+                      "--max_lr 1e-3\n--sample_prompt 'JULIET: O Romeo'  # quoted, with spaces\n")
+    flags = train.parse_flags([f"@{recipe}", "--max_steps", "60"])
+    assert flags == {"max_steps": 60, "max_lr": 1e-3, "sample_prompt": "JULIET: O Romeo"}
+    with pytest.raises(UsageError, match="No such file"):
+        train.parse_flags([f"@{tmp_path / 'missing.txt'}"])

@@ -227,3 +227,58 @@ def test_pretrained_offline(tmp_path, text_file, hub_offline):
     r = train_run(tmp_path, text_file, "--init_from", "gpt2", env_extra={"HF_HUB_CACHE": str(tmp_path / "empty")},
                   hub_offline=hub_offline)
     assert_refused(r, "not in the Hugging Face cache", "save_pretrained")
+
+
+# ---------------------------------------------------------------------------
+# Evaluation and samples
+
+
+class Recorder:
+    """Stands in for the model: records where each batch starts, returns a loss of 1."""
+
+    def __init__(self):
+        self.starts = []
+
+    def __call__(self, x, y):
+        self.starts.append(x[0, 0].item())
+        return None, torch.tensor(1.0)
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+
+def test_evaluation_batches_spread_over_the_whole_split():
+    tokens = np.arange(10_000, dtype=np.uint16)  # a token is its own position
+    cfg = train.Config(B=2, T=32, eval_steps=5)
+    model = Recorder()
+    train.evaluate(model, tokens, cfg, "cpu", nullcontext())
+    span = 10_000 - 2 * 32 - 1
+    assert model.starts == [0, round(span / 4), round(span / 2), round(3 * span / 4), span]
+    train.evaluate(model, tokens, cfg, "cpu", nullcontext())
+    assert model.starts[5:] == model.starts[:5]  # the same batches every time
+
+
+def test_whole_split_loss_is_the_mean_over_every_window():
+    model = tiny_model()
+    tokens = np.random.default_rng(0).integers(0, 100, size=32 * 7 + 5).astype(np.uint16)  # 7 windows and a bit
+    cfg = train.Config(B=3, T=32, block_size=32, total_batch_size=96)
+    with torch.no_grad():
+        per_window = [model(torch.from_numpy(tokens[i * 32 : i * 32 + 32].astype(np.int64))[None],
+                            torch.from_numpy(tokens[i * 32 + 1 : i * 32 + 33].astype(np.int64))[None])[1].item()
+                      for i in range(7)]
+    whole = train.evaluate_whole_split(model, tokens, cfg, "cpu", nullcontext())
+    assert abs(whole - sum(per_window) / 7) < 1e-5
+
+
+@pytest.mark.slow
+def test_samples_at_each_evaluation_and_the_whole_split_at_the_end(tmp_path, text_file):
+    r = train_run(tmp_path, text_file, "--max_steps", 4, "--eval_interval", 2, "--eval_sample_tokens", 8)
+    assert r.returncode == 0, r.stderr
+    samples = [line for line in r.stdout.splitlines() if " | sample: " in line]
+    assert [line[:26] for line in samples] == ["step    1 | sample: ROMEO:", "step    3 | sample: ROMEO:"]
+    assert "on the whole validation split, every window:" in r.stdout
+    quiet = train_run(tmp_path, text_file, "--max_steps", 2, "--eval_sample_tokens", 0, "--log_dir", tmp_path / "q")
+    assert quiet.returncode == 0 and " | sample: " not in quiet.stdout
