@@ -96,7 +96,7 @@ def run_mode(flags, steps, warmup):
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
     torch.manual_seed(cfg.seed)
     model = GPT(train.model_shape(cfg)).to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer)
     train_loss, compiled, compile_seconds = TrainingLoss(model, chunked=cfg.chunked_loss), False, 0.0
     if want_compile(cfg.compile, device_type):
         start = time.time()

@@ -177,12 +177,22 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
         """AdamW with weight decay on matrices (2 or more dimensions: Linear weights
         and embeddings) and none on biases and LayerNorm gains, which only shift and
-        scale and gain nothing from being pulled towards zero."""
+        scale and gain nothing from being pulled towards zero.
+
+        optimizer="muon" hands the weight matrices inside the blocks to Muon instead.
+        Adam scales each number's step by its own gradient history; Muon looks at a
+        matrix's update as a whole and orthogonalises it (a few Newton-Schulz
+        iterations), so that every direction the matrix maps along moves by about the
+        same amount, and no single direction dominates. That only makes sense for
+        matrices that transform vectors: the embeddings (rows looked up one at a time,
+        and tied to the output layer), the biases and the LayerNorm gains stay with AdamW.
+        Muon's step is scaled to the size of AdamW's, so one learning rate serves both."""
         params = [p for p in self.parameters() if p.requires_grad]  # a tied tensor appears once
-        decay = [p for p in params if p.dim() >= 2]
+        in_blocks = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2} if optimizer == "muon" else set()
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in in_blocks]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [
             {"params": decay, "weight_decay": weight_decay},
@@ -191,7 +201,12 @@ class GPT(nn.Module):
         # the fused kernel updates every tensor in one pass instead of a loop of
         # small operations; PyTorch has it for CUDA and CPU
         fused = device_type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if optimizer == "adamw":
+            return adamw
+        matrices = [p for p in params if id(p) in in_blocks]
+        muon = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        return Optimizers(muon, adamw)
 
     # ------------------------------------------------------------------------
     # OpenAI's GPT-2 weights
@@ -279,6 +294,33 @@ class GPT(nn.Module):
         """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
         steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
         return torch.cat([idx, *steps], dim=1)
+
+
+class Optimizers:
+    """Several optimizers, each over its own parameters, used as one: the training loop
+    sets the learning rate of every param group, steps, and saves and loads the state."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none=True):
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state):
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
 
 
 # ----------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class Config:
     min_lr: Optional[float] = None  # floor of the cosine decay; None means max_lr * 0.1
     warmup_steps: int = 10  # steps of linear warmup from ~0 to max_lr
     max_steps: int = 50  # optimizer steps in the whole run
+    optimizer: Literal["adamw", "muon"] = "adamw"  # adamw, as GPT-2; muon: Muon for the matrices inside the blocks
     weight_decay: float = 0.1  # AdamW weight decay, on matrices only
     betas: tuple = (0.9, 0.95)  # AdamW's moving-average rates for the gradient and its square
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
@@ -237,6 +238,10 @@ def resolve_config(flags):
     if missing:
         raise UsageError(f"{ckpt_path} cannot be resumed: it has no {', '.join(missing)}; fine-tune from it instead "
                          f"with --init_from {ckpt_path} --log_dir NEW_DIR")
+    saved_optimizer = resumed["train_config"].get("optimizer", "adamw")
+    if flags.get("optimizer", saved_optimizer) != saved_optimizer:
+        raise UsageError(f"{ckpt_path} was trained with --optimizer {saved_optimizer}, whose state it holds: resume "
+                         f"with that, or train a new model in another --log_dir")
     changed = [f"--{k} {v}" for k, v in flags.items() if k in SHAPE_KEYS and resumed["config"].get(k) != v]
     if changed:
         shape = ", ".join(f"{k}={resumed['config'][k]}" for k in SHAPE_KEYS)
@@ -423,7 +428,7 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer)
     train_loss, compile_note = TrainingLoss(model, chunked=cfg.chunked_loss), "off"
     if want_compile(cfg.compile, device_type):
         train_loss, compile_note = compile_training_loss(train_loss, cfg, device, ctx)

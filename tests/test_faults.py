@@ -450,3 +450,9 @@ def test_traceback_on_request(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr and "top_k must be at least 0" in r.stderr
 
+
+
+def test_resume_refuses_another_optimizer(tmp_path):
+    good_checkpoint(tmp_path / "ckpt.pt")  # its train_config says nothing: adamw, the default
+    with pytest.raises(UsageError, match="trained with --optimizer adamw"):
+        train.resolve_config({"init_from": "resume", "log_dir": str(tmp_path), "optimizer": "muon"})

@@ -231,3 +231,37 @@ def test_training_loss_chunked_matches_plain_loss():
     assert abs(plain.item() - lean.item()) < 1e-6
     for (name, _), a, b in zip(model.named_parameters(), plain_grads, lean_grads):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = tiny_model()
+    optimizers = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer="muon")
+    muon, adamw = optimizers.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    matrices = {id(p) for block in model.transformer.h
+                for p in (block.attn.c_attn.weight, block.attn.c_proj.weight, block.mlp.c_fc.weight, block.mlp.c_proj.weight)}
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == matrices
+    rest = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert id(model.transformer.wte.weight) in rest and id(model.transformer.wpe.weight) in rest
+    assert not rest & matrices and len(rest | matrices) == len(list(model.parameters()))
+    assert len(optimizers.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
+
+
+def test_muon_learns_and_its_state_round_trips():
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    import train
+    from data import DataLoader
+    from speed import TrainingLoss
+
+    model = tiny_model(n_embd=64).train()
+    tokens = np.random.default_rng(0).integers(0, 100, size=4 * 32 + 1).astype(np.uint16)
+    optimizers = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu", optimizer="muon")
+    losses = [train.train_step(TrainingLoss(model), optimizers, DataLoader(tokens, 4, 32), 1, train.Config(), "cpu",
+                               nullcontext())[0] for _ in range(30)]
+    assert losses[-1] < losses[0] - 1.0
+    again = tiny_model(n_embd=64).configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu", optimizer="muon")
+    again.load_state_dict(optimizers.state_dict())
+    assert again.state_dict()["optimizers"][0]["state"].keys() == optimizers.state_dict()["optimizers"][0]["state"].keys()

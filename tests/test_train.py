@@ -100,7 +100,8 @@ def test_end_to_end_then_sample(tmp_path, text_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True"]], ids=["plain", "dropout", "compiled"])
+@pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True"], ["--optimizer", "muon"]],
+                         ids=["plain", "dropout", "compiled", "muon"])
 def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file, extra):
     """With dropout, the restored random state decides the masks; compiled, the same holds."""
     flags = [*extra, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
