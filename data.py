@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cli import UsageError
+from speed import physical_cores
 
 EOT = 50256  # <|endoftext|>: goes between documents, as in GPT-2's training text
 PIECE_BYTES = 4 << 20  # how much text is read at a time
@@ -141,7 +142,7 @@ def tokenize_files(files, bin_path):
     from tqdm import tqdm
 
     enc = get_tokenizer()
-    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = physical_cores()  # tiktoken releases the GIL: one thread per core tokenizes in parallel
     total = sum(os.path.getsize(path) for path in files)
     tmp = bin_path + ".tmp"
     n_tokens, max_token, has_text = 0, 0, False

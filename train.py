@@ -25,7 +25,6 @@ from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint, 
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from data import DataLoader, get_tokenizer, load_tokens, split_tokens
 from model import GPT, GPTConfig
-from plot import plot_losses
 from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
 
 # ----------------------------------------------------------------------------
@@ -160,6 +159,10 @@ def compile_training_loss(train_loss, cfg, device, ctx):
     x = torch.zeros(cfg.B, cfg.T, dtype=torch.long, device=device)
     y = torch.zeros_like(x)  # a separate tensor: passing x twice would compile a special case
     return compile_model(train_loss, lambda compiled: micro_step(compiled, x, y, ctx, 1))
+
+
+# ----------------------------------------------------------------------------
+# Evaluation, and a sample to watch the model learn
 
 
 def evaluate(model, val_tokens, cfg, device, ctx):
@@ -322,16 +325,6 @@ def training_state(model, optimizer, cfg, loader, step, val_loss):
     }
 
 
-def trim_log(log_path, first_step):
-    """On resume, drop log lines from steps the checkpoint had not reached yet."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path) as f:
-        kept = [line for line in f if int(line.split()[0]) < first_step]
-    with open(log_path, "w") as f:
-        f.writelines(kept)
-
-
 class Interrupt:
     """The first Ctrl-C (SIGINT), or the SIGTERM that `timeout` and cluster schedulers send
     before they kill, asks the loop to stop after the current step and save. Alone, a
@@ -371,6 +364,60 @@ def format_eta(step_times, steps_left):
     typical = sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
     eta = typical * steps_left
     return f"{eta // 60:.0f}m{eta % 60:02.0f}s"
+
+
+# ----------------------------------------------------------------------------
+# log/: the losses as lines, and as a picture
+
+
+def trim_log(log_path, first_step):
+    """On resume, drop log lines from steps the checkpoint had not reached yet."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        kept = [line for line in f if int(line.split()[0]) < first_step]
+    with open(log_path, "w") as f:
+        f.writelines(kept)
+
+
+def read_log(log_path):
+    """({step: training loss}, {step: validation loss}) from train.py's log.txt."""
+    curves = {"train": {}, "val": {}}
+    with open(log_path) as f:
+        for line in f:
+            step, kind, loss = line.split()
+            curves[kind][int(step)] = float(loss)
+    return curves["train"], curves["val"]
+
+
+def plot_losses(log_path, png_path, title, tokens_per_step):
+    """Draw the training loss of every step and the validation loss at its steps into
+    png_path. Returns False, after saying so once, when matplotlib cannot be imported."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # draw to a file; no window, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"no loss plot: matplotlib cannot be imported ({e}); training goes on (pip install matplotlib)")
+        return False
+    train_losses, val_losses = read_log(log_path)
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    ax.plot(list(train_losses), list(train_losses.values()), color="tab:blue", linewidth=1, label="training loss (each step)")
+    ax.plot(list(val_losses), list(val_losses.values()), color="tab:orange", marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (cross-entropy, nats per token)")
+    tokens = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
+    tokens.xaxis.set_major_formatter(lambda t, _: f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1e3:g}k" if t >= 1e3 else f"{t:g}")
+    tokens.set_xlabel("tokens seen")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = png_path + ".tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)  # a viewer never sees a half-written picture
+    return True
 
 
 # ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import plot
+import train
 from checkpoint import export, load_checkpoint, model_from_checkpoint
 from cli import UsageError
 from conftest import run_script, step_losses, tiny_model, train_run
@@ -194,9 +194,9 @@ def test_our_checkpoint_has_nanogpts_layout(tmp_path, text_file):
 def test_plot_is_a_png(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("".join(f"{s} train {10 - s * 0.1:.6f}\n" for s in range(20)) + "9 val 9.5\n19 val 8.5\n")
-    assert plot.plot_losses(str(log), str(tmp_path / "loss.png"), "a title", 8192)
+    assert train.plot_losses(str(log), str(tmp_path / "loss.png"), "a title", 8192)
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot.read_log(str(log))[1] == {9: 9.5, 19: 8.5}
+    assert train.read_log(str(log))[1] == {9: 9.5, 19: 8.5}
 
 
 @pytest.mark.slow
