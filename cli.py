@@ -97,8 +97,10 @@ def check_constant(name, value, annotation):
             return value
         if annotation is tuple:
             return tuple(check_constant(name, v, float) for v in value)
-        if value is None or not isinstance(reader, type):
-            return value if value is None else reader(value)
+        if value is None:
+            return None
+        if not isinstance(reader, type):  # parse_bool or parse_auto_bool
+            return reader(value)
         if reader is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif isinstance(value, str):

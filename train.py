@@ -7,7 +7,8 @@ Train a GPT on a plain text file, end to end.
     python train.py --init_from gpt2                 # fine-tune OpenAI's GPT-2 124M
 
 Edit the constants in Config, or pass them as flags (`python train.py --help`).
-The story of a run is main() at the bottom: settings, data, model, optimizer, loop.
+The story of a run is at the bottom: main() (settings, one process or several), set_up()
+(model, data, optimizer) and train() (the loop).
 """
 
 import dataclasses
@@ -562,7 +563,7 @@ def train(run):
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
             # the shell's convention: 130 for SIGINT, 143 for SIGTERM; under torchrun 0, since
             # torchrun reports any other code as a crash
-            sys.exit(128 + (interrupt.signal or signal.SIGTERM) if processes.world_size == 1 else 0)
+            sys.exit(128 + interrupt.signal if processes.world_size == 1 else 0)
 
     if processes.main:
         whole = evaluate_whole_split(run.model, run.val_tokens, cfg, run.device, run.ctx)
