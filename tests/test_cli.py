@@ -1,6 +1,7 @@
 """cli.py: flags made from constants, one spelling of booleans, one way to refuse."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
@@ -92,3 +93,17 @@ def test_flags_from_a_file_and_flags_after_it_override(tmp_path):
     assert flags == {"max_steps": 60, "max_lr": 1e-3, "sample_prompt": "JULIET: O Romeo"}
     with pytest.raises(UsageError, match="No such file"):
         train.parse_flags([f"@{tmp_path / 'missing.txt'}"])
+
+
+def test_each_recipe_is_a_valid_flags_file_that_says_why():
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.txt"))
+    assert [r.name for r in recipes] == ["10min.txt", "2h.txt", "30min.txt"]
+    log_dirs = set()
+    for recipe in recipes:
+        flag_lines = [line for line in recipe.read_text().splitlines() if line.startswith("--")]
+        assert flag_lines, f"{recipe.name} sets no flags"
+        for line in flag_lines:
+            assert "#" in line, f"{recipe.name}: say why this value was chosen: {line}"
+        cfg = train.Config(**train.parse_flags([f"@{recipe}"]))
+        log_dirs.add(cfg.log_dir)
+    assert len(log_dirs) == len(recipes)  # each recipe writes its own checkpoint, none overwrites another's
