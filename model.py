@@ -177,7 +177,7 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw", adamw_lr_ratio=1.0):
         """AdamW with weight decay on matrices (2 or more dimensions: Linear weights
         and embeddings) and none on biases and LayerNorm gains, which only shift and
         scale and gain nothing from being pulled towards zero.
@@ -189,7 +189,9 @@ class GPT(nn.Module):
         same amount, and no single direction dominates. That only makes sense for
         matrices that transform vectors: the embeddings (rows looked up one at a time,
         and tied to the output layer), the biases and the LayerNorm gains stay with AdamW.
-        Muon's step is scaled to the size of AdamW's, so one learning rate serves both."""
+        Muon's step is scaled to the size of AdamW's, so max_lr means the same for both;
+        adamw_lr_ratio lets AdamW's parameters learn slower than Muon's matrices (on a
+        small text the 50,257 embedding rows overfit at Muon's rate; recipes/README.md)."""
         params = [p for p in self.parameters() if p.requires_grad]  # a tied tensor appears once
         in_blocks = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2} if optimizer == "muon" else set()
         decay = [p for p in params if p.dim() >= 2 and id(p) not in in_blocks]
@@ -204,6 +206,8 @@ class GPT(nn.Module):
         adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
         if optimizer == "adamw":
             return adamw
+        for group in adamw.param_groups:
+            group["lr_ratio"] = adamw_lr_ratio  # train.py's set_learning_rate multiplies the schedule by it
         matrices = [p for p in params if id(p) in in_blocks]
         muon = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         return Optimizers(muon, adamw)
@@ -320,7 +324,10 @@ class Optimizers:
 
     def load_state_dict(self, state):
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+            ratios = [group.get("lr_ratio", 1.0) for group in optimizer.param_groups]
+            optimizer.load_state_dict(saved)  # replaces each group's settings with the saved ones
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr_ratio"] = ratio  # this run's ratio, so a flag can change it on resume
 
 
 # ----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class Config:
     warmup_steps: int = 10  # steps of linear warmup from ~0 to max_lr
     max_steps: int = 50  # optimizer steps in the whole run
     optimizer: Literal["adamw", "muon"] = "adamw"  # adamw, as GPT-2; muon: Muon for the matrices inside the blocks
+    adamw_lr_ratio: float = 1.0  # with muon: the learning rate of what AdamW still trains (embeddings, biases, LayerNorms), as a fraction of max_lr
     weight_decay: float = 0.1  # AdamW weight decay, on matrices only
     betas: tuple = (0.9, 0.95)  # AdamW's moving-average rates for the gradient and its square
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
@@ -83,6 +84,9 @@ class Config:
                          "B", "T", "max_steps", "eval_interval", "eval_steps")
         require_at_least(self, 0, "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip", "eval_sample_tokens")
         require(self.max_lr > 0, f"max_lr must be above 0, not {self.max_lr}")
+        require(self.adamw_lr_ratio > 0, f"adamw_lr_ratio must be above 0, not {self.adamw_lr_ratio}")
+        require(self.optimizer == "muon" or self.adamw_lr_ratio == 1.0,
+                f"adamw_lr_ratio={self.adamw_lr_ratio} only applies with --optimizer muon (with adamw, max_lr is AdamW's rate)")
         require(0 <= self.dropout < 1, f"dropout must be at least 0 and below 1, not {self.dropout}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), not {self.betas}")
         require(self.n_embd % self.n_head == 0,
@@ -121,6 +125,12 @@ def get_lr(step, cfg):
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
     coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
+
+
+def set_learning_rate(optimizer, lr):
+    """This step's learning rate into every param group, times the group's lr_ratio where it has one."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -476,7 +486,8 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
+                                           cfg.adamw_lr_ratio)
     train_loss, compile_note = TrainingLoss(model, chunked=cfg.chunked_loss), "off"
     if want_compile(cfg.compile, device_type):
         train_loss, compile_note = compile_training_loss(train_loss, cfg, device, ctx)
@@ -518,8 +529,7 @@ def train(run):
         last_step = step == cfg.max_steps - 1
         step_start = time.time()
         lr = get_lr(step, cfg)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(run.optimizer, lr)
         loss, norm = train_step(run.train_loss, run.optimizer, run.loader, run.grad_accum_steps, cfg, run.device, run.ctx,
                                 processes)
         loss, stop = processes.agree(loss, interrupt.requested)  # the same loss and decision in every process

@@ -36,6 +36,8 @@ from conftest import ROOT, assert_refused, run_script, signal_when, start_traini
     (["--threads", "-1"], "threads must be at least 0"),
     (["--max_lr", "0"], "max_lr must be above 0"),
     (["--max_lr", "nan"], "max_lr: expected a finite number"),
+    (["--optimizer", "muon", "--adamw_lr_ratio", "0"], "adamw_lr_ratio must be above 0"),
+    (["--adamw_lr_ratio", "0.25"], "adamw_lr_ratio=0.25 only applies with --optimizer muon"),
     (["--weight_decay", "-0.1"], "weight_decay must be at least 0"),
     (["--dropout", "1"], "dropout must be at least 0 and below 1"),
     (["--betas", "0.9", "1.5"], "betas must be two numbers in [0, 1)"),

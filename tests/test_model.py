@@ -247,6 +247,24 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert len(optimizers.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
 
 
+def test_adamw_lr_ratio_slows_only_what_adamw_trains_and_a_resume_may_change_it():
+    from train import set_learning_rate
+
+    model = tiny_model()
+    optimizers = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", adamw_lr_ratio=0.25)
+    muon, adamw = optimizers.optimizers
+    set_learning_rate(optimizers, 4e-3)
+    assert [g["lr"] for g in muon.param_groups] == [4e-3]
+    assert [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
+    resumed = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", adamw_lr_ratio=0.5)
+    resumed.load_state_dict(optimizers.state_dict())  # the checkpoint's groups say 0.25; this run says 0.5
+    set_learning_rate(resumed, 4e-3)
+    assert [g["lr"] for g in resumed.param_groups] == [4e-3, 2e-3, 2e-3]
+    plain = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    set_learning_rate(plain, 4e-3)
+    assert [g["lr"] for g in plain.param_groups] == [4e-3, 4e-3]
+
+
 def test_muon_learns_and_its_state_round_trips():
     from contextlib import nullcontext
 
