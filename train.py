@@ -53,7 +53,7 @@ class Config:
     max_steps: int = 50  # optimizer steps in the whole run
     optimizer: Literal["adamw", "muon"] = "adamw"  # adamw, as GPT-2; muon: Muon for the matrices inside the blocks
     adamw_lr_ratio: float = 1.0  # with muon: the learning rate of what AdamW still trains (embeddings, biases, LayerNorms), as a fraction of max_lr
-    weight_decay: float = 0.1  # AdamW weight decay, on matrices only
+    weight_decay: float = 0.1  # pulls matrices towards zero each step (AdamW's and, with muon, Muon's); not biases or LayerNorms
     betas: tuple = (0.9, 0.95)  # AdamW's moving-average rates for the gradient and its square
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
     # the run
