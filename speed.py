@@ -21,6 +21,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+from torch.nn import functional as F
 
 from cli import UsageError, describe_error
 
@@ -287,5 +288,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 def chunked_cross_entropy(x, weight, targets, chunk_size=256):
     """The mean cross-entropy of the logits x @ weight.T (x (N, C), weight (V, C),
     targets (N,), -1 ignored), 256 rows of logits at a time."""
-    return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
+    if torch.is_grad_enabled():
+        return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
+    # evaluation: the same chunks, without the gradients ChunkedCrossEntropy prepares.
+    # Autocast would cast the weight to bf16 again for every chunk (it keeps casts only
+    # while recording gradients), so both are cast here, once.
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    for first in range(0, x.size(0), chunk_size):
+        logits = (x[first : first + chunk_size] @ weight.t()).float()  # (n, V), softmax in float32
+        total += F.cross_entropy(logits, targets[first : first + chunk_size], ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
 

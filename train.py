@@ -24,8 +24,9 @@ import torch
 
 from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from data import DataLoader, get_tokenizer, load_tokens, split_tokens
+from data import DataLoader, cache_root, get_tokenizer, load_tokens, split_tokens, text_files
 from model import GPT, GPTConfig
+from optimizer import configure_optimizers, describe_optimizer
 from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
 
 # ----------------------------------------------------------------------------
@@ -58,7 +59,8 @@ class Config:
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
     # the run
     input_file: str = "input"  # the training text, UTF-8: a file, a directory (every *.txt in it) or a glob
-    log_dir: str = "log"  # log.txt, ckpt.pt and the token cache go here
+    log_dir: str = "log"  # log.txt, loss.png and ckpt.pt go here
+    data_cache: str = "auto"  # the token cache, shared by every run: auto is $XDG_CACHE_HOME/homegpt, else ~/.cache/homegpt
     device: str = "auto"  # auto (CUDA, then Intel XPU, then Apple MPS, then CPU), cpu, cuda, cuda:1, xpu, mps
     seed: int = 1337  # seeds the weights' initialisation and dropout
     eval_interval: int = 10  # evaluate and save a checkpoint every this many steps (and at the end)
@@ -176,22 +178,44 @@ def compile_training_loss(train_loss, cfg, device, ctx):
 # Evaluation, and a sample to watch the model learn
 
 
-def evaluate(model, val_tokens, cfg, device, ctx):
+def evaluate(loss_fn, val_tokens, cfg, device, ctx):
     """Mean loss over eval_steps batches spread evenly over the whole validation split:
     always the same tokens, so numbers from different steps and runs are comparable,
     and not only the split's first pages, which need not be typical."""
     span = len(val_tokens) - cfg.B * cfg.T - 1  # the last position a batch can start at
     starts = [round(i * span / max(1, cfg.eval_steps - 1)) for i in range(cfg.eval_steps)]
-    return mean_loss(model, [batch_at(val_tokens, start, cfg.B, cfg.T) for start in starts], device, ctx)
+    return mean_loss(loss_fn, [batch_at(val_tokens, start, cfg.B, cfg.T) for start in starts], device, ctx)
 
 
-def evaluate_whole_split(model, val_tokens, cfg, device, ctx):
-    """Mean loss over every window of T tokens in the validation split, B windows at a
-    time: the figure to compare runs by, computed once at the end."""
-    n_windows = (len(val_tokens) - 1) // cfg.T
-    batches = (batch_at(val_tokens, first * cfg.T, min(cfg.B, n_windows - first), cfg.T)
-               for first in range(0, n_windows, cfg.B))
-    return mean_loss(model, batches, device, ctx)
+# The final evaluation reads every window of the validation split up to about this much
+# text, and beyond it a sample of that size spread evenly over the split: input's
+# validation split (258 KB) is always read whole, and a split of any size takes seconds.
+FINAL_EVAL_BYTES = 1 << 20
+FINAL_EVAL_BATCH_TOKENS = 8192  # windows per forward pass: as many as make this many tokens
+
+
+def evaluate_windows(loss_fn, tokens, starts, T, device, ctx):
+    """Mean loss per token over the windows of T tokens at starts: many windows per
+    forward pass and no autograd, so that the final evaluation costs a small share of the run."""
+    per_batch = max(1, FINAL_EVAL_BATCH_TOKENS // T)
+    batches = (batch_of_windows(tokens, starts[i : i + per_batch], T) for i in range(0, len(starts), per_batch))
+    return mean_loss(loss_fn, batches, device, ctx)
+
+
+def final_windows(n_tokens, T, max_tokens):
+    """The start of every window of T tokens in a split of n_tokens (each needs one more
+    token for its last target), or, when they hold more than max_tokens, of max_tokens // T
+    of them spread evenly over the split: always the same ones for the same split."""
+    n_windows = (n_tokens - 1) // T
+    n_kept = max(1, min(n_windows, max_tokens // T))
+    return [(i * n_windows // n_kept) * T for i in range(n_kept)]
+
+
+def describe_windows(starts, n_tokens, T):
+    """(which windows, how many tokens) of a split of n_tokens, for the final evaluation's lines."""
+    if len(starts) == (n_tokens - 1) // T:
+        return "on the whole validation split, every window", f"{len(starts) * T:,} tokens"
+    return f"on {len(starts):,} windows spread evenly over the validation split", f"{len(starts) * T:,} of its {n_tokens:,} tokens"
 
 
 def batch_at(tokens, start, B, T):
@@ -199,16 +223,23 @@ def batch_at(tokens, start, B, T):
     return DataLoader(tokens, B, T, position=start).next_batch()
 
 
-def mean_loss(model, batches, device, ctx):
-    """The model's mean loss per token over batches (x, y) that all have windows of the same length."""
-    model.eval()
+def batch_of_windows(tokens, starts, T):
+    """The windows of T tokens at starts, stacked, and their next-token targets: (len(starts), T) each."""
+    windows = [batch_at(tokens, start, 1, T) for start in starts]
+    return torch.cat([x for x, _ in windows]), torch.cat([y for _, y in windows])
+
+
+def mean_loss(loss_fn, batches, device, ctx):
+    """The mean loss per token over batches (x, y) that all have windows of the same length.
+    loss_fn(x, y) is the mean over one batch; no autograd, so no graph is kept."""
+    loss_fn.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.inference_mode():
         for x, y in batches:
             with ctx:
-                _, loss = model(x.to(device), y.to(device))
+                loss = loss_fn(x.to(device), y.to(device))
             total, count = total + loss.item() * len(x), count + len(x)
-    model.train()
+    loss_fn.train()
     return total / count
 
 
@@ -239,12 +270,13 @@ def resolve_config(flags):
     the defaults < the checkpoint's constants < flags given on the command line."""
     ckpt_path = os.path.join(flags.get("log_dir", Config.log_dir), "ckpt.pt")
     if flags.get("init_from") != "resume":
+        cfg = Config(**with_short_warmup(flags))  # a bad constant is named first
         if os.path.exists(ckpt_path):
             raise UsageError(
                 f"{ckpt_path} exists from an earlier run: continue it with --init_from resume, "
                 f"keep it by choosing another --log_dir, or delete it to start over"
             )
-        return Config(**flags), None
+        return cfg, None
     if not os.path.exists(ckpt_path):
         raise UsageError(f"--init_from resume, but there is no {ckpt_path}: train first with `python train.py`")
     resumed = load_checkpoint(ckpt_path)
@@ -262,6 +294,19 @@ def resolve_config(flags):
         raise UsageError(f"--init_from resume continues the checkpoint's model ({shape}), so {' '.join(changed)} "
                          f"cannot apply: drop it, or train a new model in another --log_dir")
     return Config(**{**resumed["train_config"], **flags}), resumed
+
+
+def with_short_warmup(flags):
+    """flags, and when max_steps is below the default warmup and --warmup_steps was not
+    given, a warmup of a tenth of the steps: `python train.py --max_steps 5` just works."""
+    max_steps = flags.get("max_steps", Config.max_steps)
+    if "warmup_steps" in flags or max_steps >= Config.warmup_steps:
+        return flags
+    return {**flags, "warmup_steps": short_warmup(max_steps)}
+
+
+def short_warmup(max_steps):
+    return max(1, max_steps // 10)
 
 
 # what resuming needs from a checkpoint, and the constants that fix a model's shape
@@ -313,12 +358,13 @@ def build_model(cfg, resumed):
 
 
 def load_splits(cfg, vocab_size):
-    """The training and validation tokens, checked against the batch and the vocabulary."""
-    tokens, max_token = load_tokens(cfg.input_file, cfg.log_dir)
-    train_tokens, val_tokens = split_tokens(tokens, cfg.B, cfg.T, cfg.input_file)
-    if max_token >= vocab_size:
+    """The training and validation tokens, checked against the batch and the vocabulary,
+    and what the start-up line says about them: whether they were cached, and where."""
+    loaded = load_tokens(cfg.input_file, cache_root(cfg.data_cache))  # "auto" is resolved here, never stored
+    train_tokens, val_tokens = split_tokens(loaded.tokens, cfg.B, cfg.T, cfg.input_file)
+    if loaded.max_token >= vocab_size:
         raise UsageError(f"{cfg.input_file} has GPT-2 tokens beyond the model's vocab_size={vocab_size}")
-    return train_tokens, val_tokens
+    return train_tokens, val_tokens, f"tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}"
 
 
 def training_state(model, optimizer, cfg, loader, step, val_loss):
@@ -339,13 +385,15 @@ def training_state(model, optimizer, cfg, loader, step, val_loss):
 class Interrupt:
     """The first Ctrl-C (SIGINT), or the SIGTERM that `timeout` and cluster schedulers send
     before they kill, asks the loop to stop after the current step and save. Alone, a
-    second Ctrl-C quits at once, without saving. Under torchrun further signals are
+    second signal of either kind quits at once, without saving; and once the last step is
+    saved (after_training), the first one does. Under torchrun further signals are
     ignored: Ctrl-C reaches torchrun too, which then sends every process a SIGTERM, and
     all processes must reach the end of the step together for the save to happen."""
 
-    def __init__(self, second_quits=True):
+    def __init__(self, alone=True):
         self.signal = None  # the signal that asked to stop, once one has
-        self.second_quits = second_quits
+        self.alone = alone
+        self.at_once = False
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
 
@@ -353,14 +401,33 @@ class Interrupt:
     def requested(self):
         return self.signal is not None
 
+    def after_training(self):
+        """From now on a signal ends the run at once: the checkpoint is already on disk.
+        A signal that came during the last step ends it here."""
+        self.at_once = self.alone
+        if self.at_once and self.requested:
+            raise Quit(self.signal)
+
     def handle(self, signum, frame):
+        if self.alone and (self.at_once or self.requested):
+            raise Quit(signum)
         if self.requested:
-            return  # a SIGTERM after the first signal: the save is already on its way
+            return  # under torchrun: the save is already on its way
         self.signal = signum
-        if self.second_quits:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        name = "interrupted" if signum == signal.SIGINT else "terminated"
-        print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)", flush=True)
+        print(f"\n{SIGNAL_NAMES[signum]}: saving a checkpoint after this step (Ctrl-C again to quit without saving)",
+              flush=True)
+
+
+class Quit(BaseException):
+    """Raised by a signal that ends the run at once. Not an Exception, so that no
+    `except Exception` on the way can swallow it."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+SIGNAL_NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 def diverged(what, step):
@@ -445,9 +512,11 @@ class Run:
     ctx: object  # the autocast context, or nothing to switch on
     model: GPT  # the plain model: evaluated, saved
     train_loss: torch.nn.Module  # the model as training calls it: chunked, compiled, wrapped in DDP
+    eval_loss: torch.nn.Module  # the plain model's loss: compiling it again for inference would not pay
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     val_tokens: object
+    bytes_per_token: float  # of this text: the final evaluation's cap is in bytes
     grad_accum_steps: int  # micro-steps per step, in this process
     first_step: int
     val_loss: Optional[float]
@@ -479,15 +548,15 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         raise UsageError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}: lower --T")
     model.to(device)
     if not processes.main:
-        processes.barrier()  # wait while the first process tokenizes, then read its token file
-    train_tokens, val_tokens = load_splits(cfg, model.config.vocab_size)
+        processes.barrier()  # wait while the first process tokenizes, then read the entry it cached
+    train_tokens, val_tokens, tokens_note = load_splits(cfg, model.config.vocab_size)
     if processes.main:
         processes.barrier()
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
-                                           cfg.adamw_lr_ratio)
+    optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
+                                     cfg.adamw_lr_ratio, dtype)
     train_loss, compile_note = TrainingLoss(model, chunked=cfg.chunked_loss), "off"
     if want_compile(cfg.compile, device_type):
         train_loss, compile_note = compile_training_loss(train_loss, cfg, device, ctx)
@@ -504,22 +573,25 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         print(f"resuming from {os.path.join(cfg.log_dir, 'ckpt.pt')} at step {first_step}")
     elif processes.main and os.path.exists(log_path):
         os.remove(log_path)  # a new run starts a new log
+    shortened = cfg.max_steps < Config.warmup_steps and cfg.warmup_steps == short_warmup(cfg.max_steps)
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
-        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | parameters {model.num_params():,} | "
-        f"tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps * processes.world_size} | "
-        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,}",
+        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
+        f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
+        f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps * processes.world_size} | "
+        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | {tokens_note}",
         flush=True,
     )
-    return Run(cfg, processes, device, ctx, model, train_loss, optimizer, loader, val_tokens, grad_accum_steps,
-               first_step, val_loss)
+    text_bytes = sum(os.path.getsize(path) for path in text_files(cfg.input_file))
+    return Run(cfg, processes, device, ctx, model, train_loss, TrainingLoss(model, chunked=cfg.chunked_loss), optimizer,
+               loader, val_tokens, text_bytes / (len(train_tokens) + len(val_tokens)), grad_accum_steps, first_step, val_loss)
 
 
 def train(run):
     """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint."""
     cfg, processes = run.cfg, run.processes
     ckpt_path, log_path = os.path.join(cfg.log_dir, "ckpt.pt"), os.path.join(cfg.log_dir, "log.txt")
-    interrupt = Interrupt(second_quits=processes.world_size == 1)
+    interrupt = Interrupt(alone=processes.world_size == 1)
     step_times = []
     plotting = processes.main
     shape = run.model.config
@@ -551,8 +623,7 @@ def train(run):
         with open(log_path, "a") as f:
             f.write(f"{step} train {loss:.6f}\n")
         if (step + 1) % cfg.eval_interval == 0 or last_step:
-            # the plain model: the compiled one would compile again for evaluation's no_grad
-            val_loss = evaluate(run.model, run.val_tokens, cfg, run.device, run.ctx)
+            val_loss = evaluate(run.eval_loss, run.val_tokens, cfg, run.device, run.ctx)
             if not math.isfinite(val_loss):
                 raise diverged(f"the validation loss became {val_loss}", step)
             print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
@@ -576,15 +647,38 @@ def train(run):
             sys.exit(128 + interrupt.signal if processes.world_size == 1 else 0)
 
     if processes.main:
-        whole = evaluate_whole_split(run.model, run.val_tokens, cfg, run.device, run.ctx)
-        print(f"done: checkpoint in {ckpt_path}, final val loss {val_loss:.4f} "
-              f"(on the whole validation split, every window: {whole:.4f})")
+        finish(run, interrupt, val_loss, ckpt_path)
+
+
+def finish(run, interrupt, val_loss, ckpt_path):
+    """After the last step, whose checkpoint is saved: the final evaluation and the closing
+    lines. A signal now ends the run within seconds, with the shell's exit code."""
+    cfg, tokens = run.cfg, run.val_tokens
+    try:
+        interrupt.after_training()
+        if run.first_step >= cfg.max_steps:
+            print(f"the checkpoint is at step {run.first_step} and max_steps is {cfg.max_steps}: no steps to "
+                  f"take (raise --max_steps to train further)")
+        starts = final_windows(len(tokens), cfg.T, int(FINAL_EVAL_BYTES / run.bytes_per_token))
+        scope, size = describe_windows(starts, len(tokens), cfg.T)
+        print(f"final evaluation {scope} ({size})", flush=True)
+        started = time.time()
+        final = evaluate_windows(run.eval_loss, tokens, starts, cfg.T, run.device, run.ctx)
+        last = f", final val loss {val_loss:.4f}" if val_loss is not None else ""
+        print(f"done: checkpoint in {ckpt_path}{last} ({scope}: {final:.4f} over {size}, in {time.time() - started:.1f}s)")
         print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
+    except Quit as quit:
+        print(f"\n{SIGNAL_NAMES[quit.signum]}: the checkpoint {ckpt_path} was saved after the last step; "
+              f"stopped before the final evaluation ended", flush=True)
+        sys.exit(128 + quit.signum)
 
 
 if __name__ == "__main__":
     try:
         run_main("train.py", main)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the loop began
         print("quit without saving", file=sys.stderr)
         sys.exit(130)
+    except Quit as quit:  # a second signal
+        print("quit without saving", file=sys.stderr)
+        sys.exit(128 + quit.signum)

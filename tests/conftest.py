@@ -7,18 +7,29 @@ this process in seconds. `python -m pytest -q -m "not slow" tests` is the inner 
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+CACHE_KEY = pytest.StashKey[str]()  # where pytest_configure keeps the session's cache folder
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts a script in a subprocess (deselect with -m \"not slow\")")
+    # Every test, and every script a test starts (they inherit the environment), keeps its
+    # token cache (data_cache "auto") in a folder of this session's own, never the user's
+    config.stash[CACHE_KEY] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="homegpt-tests-cache-")
+
+
+def pytest_unconfigure(config):
+    if CACHE_KEY in config.stash:  # only the folder this session made
+        shutil.rmtree(config.stash[CACHE_KEY], ignore_errors=True)
 
 
 def tiny_model(seed=0, **shape):
@@ -27,6 +38,17 @@ def tiny_model(seed=0, **shape):
 
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**TINY_SHAPE, **shape})).eval()
+
+
+def randomise(model):
+    """model with every parameter drawn at random, in place: 1-D ones (biases, LayerNorm
+    gains) around 1.0, matrices around 0.0, std 0.1. A fresh model's biases are 0 and its
+    LayerNorms the identity, so a bias or a LayerNorm mixed up in saving or loading could
+    never show in its logits."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(mean=1.0 if parameter.dim() == 1 else 0.0, std=0.1)
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -41,32 +63,29 @@ def hf_dir(tmp_path_factory):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     path = tmp_path_factory.mktemp("hf_gpt2")
-    model = GPT2LMHeadModel(config)
-    # A fresh model's biases are 0 and its LayerNorms the identity, so a bias or a
-    # LayerNorm mixed up in loading could never show. Every number is made random.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(mean=1.0 if parameter.dim() == 1 else 0.0, std=0.1)
-    model.save_pretrained(path)
+    randomise(GPT2LMHeadModel(config)).save_pretrained(path)
     return str(path)
 
 
 @pytest.fixture(scope="session")
 def ckpt_path(tmp_path_factory):
-    """A checkpoint as train.py writes it, with at least `model` and `config`."""
+    """A checkpoint as train.py writes it, with at least `model` and `config`; every weight
+    random, so that exporting or loading it with two tensors mixed up shows."""
     from model import GPT, GPTConfig
 
     torch.manual_seed(0)
     config = GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)
     path = tmp_path_factory.mktemp("run") / "ckpt.pt"
-    torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config)}, path)
+    torch.save({"model": randomise(GPT(config)).state_dict(), "config": dataclasses.asdict(config)}, path)
     return path
 
 
 def run_script(script, *args, cwd=None, env_extra=None, timeout=300, hub_offline=True):
     """Run one of the project's scripts with this Python and capture its output. It runs
-    offline either way; hub_offline=True also tells Hugging Face so (HF_HUB_OFFLINE=1)."""
+    offline either way, even on a machine with network: the hub it would ask is NO_HUB;
+    hub_offline=True also tells Hugging Face so (HF_HUB_OFFLINE=1)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    env["HF_ENDPOINT"] = NO_HUB
     env.pop("HF_HUB_OFFLINE", None)
     if hub_offline:
         env["HF_HUB_OFFLINE"] = "1"
@@ -91,11 +110,15 @@ def train_run(tmp_path, text_file, *flags, **kwargs):
     return run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS, *flags, **kwargs)
 
 
+# the Hugging Face hub the scripts are pointed at: the discard port of this machine, where
+# nothing answers, so a download fails at once as it would without network
+NO_HUB = "http://127.0.0.1:9"
 # the shape tiny_model builds
 TINY_SHAPE = dict(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
-# a model small enough to train in a blink, compiled only where a test asks for it
+# a model small enough to train in a blink, compiled only where a test asks for it, on the
+# CPU whatever else the machine has, so that the dtype and compile choices are the CPU's
 TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--warmup_steps", 1,
-              "--compile", "False"]
+              "--compile", "False", "--device", "cpu"]
 # the step line train.py prints, as the README shows it
 STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
 

@@ -10,7 +10,7 @@ import torch
 import train
 from checkpoint import export, load_checkpoint, model_from_checkpoint
 from cli import UsageError
-from conftest import run_script, step_losses, tiny_model, train_run
+from conftest import randomise, run_script, step_losses, tiny_model, train_run
 from data import get_tokenizer
 from model import GPT
 
@@ -20,8 +20,8 @@ PADDED = dict(block_size=32, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """(the model, the directory save_pretrained wrote it to)."""
-    model = tiny_model(seed=1, **PADDED)
+    """(the model with every parameter random, the directory save_pretrained wrote it to)."""
+    model = randomise(tiny_model(seed=1, **PADDED))
     directory = tmp_path_factory.mktemp("export") / "gpt"
     model.save_pretrained(directory)
     return model, str(directory)
@@ -62,7 +62,7 @@ def test_hugging_face_loads_the_export_and_computes_the_same_logits(exported):
 def test_export_without_biases_computes_the_same(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = tiny_model(seed=2, bias=False, **PADDED)
+    model = randomise(tiny_model(seed=2, bias=False, **PADDED))
     model.save_pretrained(tmp_path)
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     idx = tokens(2)

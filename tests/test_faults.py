@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ from conftest import ROOT, assert_refused, run_script, signal_when, start_traini
     (["--T", "512"], "T=512 is longer than block_size=256"),
     (["--total_batch_size", "1000"], "multiple of B x T"),
     (["--device", "gpu"], "unknown device 'gpu'"),
-    (["--device", "mps"], "device 'mps' is not available"),
+    pytest.param(["--device", "mps"], "device 'mps' is not available",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     (["--dtype", "float16"], "invalid choice"),
 ])
 def test_bad_training_constants(flags, phrase):
@@ -81,7 +83,7 @@ def test_bad_sampling_constants(flags, phrase):
 @pytest.mark.parametrize("script, flags, phrase", [
     ("train.py", ["--n_embd", 66, "--n_head", 4], "divisible by n_head"),
     ("train.py", ["--max_steps", -3], "max_steps must be at least 1"),
-    ("train.py", ["--device", "cuda:7"], "device 'cuda:7'"),
+    ("train.py", ["--device", "cuda:99"], "device 'cuda:99'"),  # a GPU no machine has
     ("sample.py", ["--top_k", -1], "top_k must be at least 0"),
 ])
 def test_scripts_refuse_bad_constants_in_one_line(script, flags, phrase):
@@ -173,9 +175,14 @@ def test_train_refuses_bad_text(tmp_path, name, content, phrase):
 def test_damaged_token_cache_is_rebuilt(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("Now is the winter of our discontent", encoding="utf-8")
-    expected = np.array(data.load_tokens(str(text), str(tmp_path))[0])
-    for name, damage in [("tokens.bin", b"\x01"), ("tokens.json", b"{not json"), ("tokens.json", b'{"n_tokens": "x"}')]:
-        (tmp_path / name).write_bytes(damage)
+    first = data.load_tokens(str(text), str(tmp_path))
+    expected = np.array(first.tokens)
+    n = len(expected)
+    for name, damage in [("tokens.bin", b"\x01"), ("tokens.json", b"{not json"), ("tokens.json", b'{"n_tokens": "x"}'),
+                         ("tokens.json", f'{{"n_tokens": {n}, "sources": []}}'.encode()),
+                         ("tokens.json", f'{{"n_tokens": {n}, "max_token": 1, "sources": 1}}'.encode())]:
+        with open(os.path.join(first.entry, name), "wb") as f:
+            f.write(damage)
         assert np.array_equal(data.load_tokens(str(text), str(tmp_path))[0], expected)
         assert "is damaged" in capsys.readouterr().out
         assert np.array_equal(data.load_tokens(str(text), str(tmp_path))[0], expected)  # and whole again
@@ -369,20 +376,28 @@ def test_sigterm_saves_and_the_resumed_run_matches(tmp_path, text_file):
     out = signal_when(proc, ("step    2 ", signal.SIGTERM))
     assert proc.returncode == 143, out + proc.stderr.read()
     assert "terminated: saving a checkpoint" in out and "--init_from resume" in out
+    # the signal comes while the next steps run, so the run stops at step 3 or a little later
     stopped = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"]
+    assert 3 <= stopped < 12 and sorted(step_losses(out)) == list(range(stopped))
     resumed = train_run(tmp_path, text_file, *flags, "--log_dir", tmp_path / "cut", "--init_from", "resume")
     assert resumed.returncode == 0, resumed.stderr
-    for step, loss in step_losses(resumed.stdout).items():
-        assert step >= stopped and abs(loss - step_losses(full.stdout)[step]) <= 1e-6
+    full_losses, resumed_losses = step_losses(full.stdout), step_losses(resumed.stdout)
+    assert sorted(full_losses) == list(range(12)) and sorted(resumed_losses) == list(range(stopped, 12))
+    for step, loss in resumed_losses.items():
+        assert abs(loss - full_losses[step]) <= 1e-6, (step, loss, full_losses[step])
 
 
 @pytest.mark.slow
-def test_second_ctrl_c_quits_without_saving(tmp_path, text_file):
-    # the second evaluation is long, so the second Ctrl-C lands while the first is being handled
+@pytest.mark.parametrize("first, second, code", [
+    (signal.SIGINT, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGTERM, 143), (signal.SIGINT, signal.SIGTERM, 143),
+], ids=["ctrl-c twice", "sigterm twice", "ctrl-c then sigterm"])
+def test_a_second_signal_quits_without_saving(tmp_path, text_file, first, second, code):
+    # the second evaluation is long, so the second signal lands while the first is being handled
     proc = start_training(tmp_path, text_file, tmp_path / "log", "--max_steps", 40, "--eval_interval", 3, "--eval_steps", 400)
-    out = signal_when(proc, ("step    5 | loss", signal.SIGINT), ("interrupted", signal.SIGINT))
+    said = "interrupted" if first == signal.SIGINT else "terminated"
+    out = signal_when(proc, ("step    5 | loss", first), (said, second))
     stderr = proc.stderr.read()
-    assert proc.returncode == 130 and "quit without saving" in stderr and "Traceback" not in stderr, out + stderr
+    assert proc.returncode == code and "quit without saving" in stderr and "Traceback" not in stderr, out + stderr
     ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)  # the checkpoint of the last evaluation
     assert ckpt["step"] == 3
 
@@ -397,12 +412,44 @@ def test_ctrl_c_during_evaluation_saves_after_it(tmp_path, text_file):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_the_last_step_finishes_the_run(tmp_path, text_file):
+def test_ctrl_c_on_the_last_step_saves_it_and_skips_the_final_evaluation(tmp_path, text_file):
     proc = start_training(tmp_path, text_file, tmp_path / "log", "--max_steps", 3, "--eval_steps", 200)
     out = signal_when(proc, ("step    2 | loss", signal.SIGINT))
-    assert proc.returncode == 0, out + proc.stderr.read()
-    assert "done: checkpoint in" in out
+    assert proc.returncode == 130, out + proc.stderr.read()
+    assert "step    2 | val loss" in out and "was saved after the last step" in out and "done:" not in out
     assert torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_evaluation_ends_the_run_within_seconds(tmp_path):
+    # all of input: its validation split (79k tokens) keeps even the tiny model busy for a while
+    proc = start_training(tmp_path, os.path.join(ROOT, "input"), tmp_path / "log", "--max_steps", 2, "--eval_steps", 1,
+                          "--eval_sample_tokens", 0)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("final evaluation on the whole validation split"):
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.time()
+            break
+    out = "".join(output) + proc.stdout.read()
+    proc.wait(timeout=60)
+    assert time.time() - signalled < 10
+    assert proc.returncode == 143, out + proc.stderr.read()
+    assert "terminated: the checkpoint" in out and "was saved after the last step" in out and "done:" not in out
+    assert torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)["step"] == 2  # whole, and the last step's
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_saved_before_any_evaluation_at_its_own_step(tmp_path, text_file):
+    proc = start_training(tmp_path, text_file, tmp_path / "log", "--max_steps", 20, "--eval_interval", 10)
+    out = signal_when(proc, ("step    1 | loss", signal.SIGTERM))
+    assert proc.returncode == 143, out
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
+    assert ckpt["val_loss"] is None and ckpt["step"] < 10  # saved after the step the signal came in
+    r = train_run(tmp_path, text_file, "--init_from", "resume", "--max_steps", ckpt["step"])
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "no steps to take" in r.stdout and "done: checkpoint in" in r.stdout and "final val loss" not in r.stdout
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import train
 from cli import UsageError
 from conftest import TINY_FLAGS, run_script, step_losses, tiny_model
 from data import DataLoader
+from optimizer import configure_optimizers
 from speed import TrainingLoss
 
 
@@ -72,7 +73,7 @@ def test_bf16_autocast_tracks_float32():
     curves = {}
     for dtype in ("float32", "bfloat16"):
         model = tiny_model(block_size=64, vocab_size=512, n_embd=64).train()
-        optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
+        optimizer = configure_optimizers(model, 0.1, 3e-3, (0.9, 0.95), "cpu")
         loader = DataLoader(tokens[:2 * 64 + 1], 2, 64)  # one batch, again and again: loss falls fast
         ctx = speed.autocast_context("cpu", dtype)
         train_loss = TrainingLoss(model)
@@ -121,8 +122,10 @@ def test_compiled_training_matches_eager(tmp_path, text_file):
 
     compiled, eager = run("True", "c"), run("False", "e")
     assert "compile on" in compiled and "compile off" in eager
-    for step, loss in step_losses(eager).items():
-        assert abs(step_losses(compiled)[step] - loss) < 1e-4
+    compiled_losses, eager_losses = step_losses(compiled), step_losses(eager)
+    assert sorted(compiled_losses) == sorted(eager_losses) == [0, 1, 2]
+    for step, loss in eager_losses.items():
+        assert abs(compiled_losses[step] - loss) < 1e-4, (step, loss, compiled_losses[step])
 
 
 @pytest.mark.slow
@@ -133,6 +136,17 @@ def test_start_up_line_says_what_is_on(tmp_path, text_file):
     first = next(line for line in r.stdout.splitlines() if line.startswith("device "))
     for part in ("dtype bfloat16", "threads 1", "compile off", "chunked loss off"):
         assert part in first
+
+
+@pytest.mark.parametrize("setting", ["bfloat16", "float32"])
+def test_the_dtype_set_up_device_names_is_the_dtype_of_the_products(setting):
+    """The start-up line prints set_up_device's dtype; the context it returns must make
+    the matrix products that dtype, or the line would say bfloat16 over a float32 run."""
+    threads = torch.get_num_threads()  # given back as it is, so this process keeps its threads
+    device, device_type, dtype, ctx = speed.set_up_device("cpu", setting, threads)
+    assert (device, device_type, dtype) == ("cpu", "cpu", setting)
+    with ctx:
+        assert (torch.randn(4, 8) @ torch.randn(8, 2)).dtype == getattr(torch, setting)
 
 
 def test_physical_cores():
@@ -151,7 +165,7 @@ def test_bench_prints_the_table():
     # the table's shape is what is tested here; compiling is tested above, so it is skipped
     # (TORCHDYNAMO_DISABLE turns torch.compile into a no-op) to save a minute
     r = run_script("bench.py", "--n_layer", 1, "--n_head", 2, "--n_embd", 32, "--block_size", 32, "--B", 1, "--T", 32,
-                   "--steps", 1, "--warmup", 1, "--rounds", 1, env_extra={"TORCHDYNAMO_DISABLE": "1"})
+                   "--steps", 1, "--warmup", 1, "--rounds", 1, "--device", "cpu", env_extra={"TORCHDYNAMO_DISABLE": "1"})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("cpu: ") and "torch " in lines[0] and "threads" in lines[0]

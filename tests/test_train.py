@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY_FLAGS, assert_refused, run_script, step_losses, tiny_model, train_run
+from conftest import ROOT, TINY_FLAGS, assert_refused, randomise, run_script, step_losses, tiny_model, train_run
 from data import DataLoader, get_tokenizer
+from optimizer import configure_optimizers
 from speed import TrainingLoss
 
 
@@ -53,7 +54,7 @@ def test_tiny_model_overfits_one_batch():
     tokens = np.random.default_rng(0).integers(0, 100, size=4 * 32 + 1).astype(np.uint16)
     loader = DataLoader(tokens, 4, 32)  # exactly one batch: every call returns it again
     cfg = train.Config()
-    optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")
+    optimizer = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), "cpu")
     for step in range(100):
         loss, _ = train.train_step(TrainingLoss(model), optimizer, loader, 1, cfg, "cpu", nullcontext())
         if loss < 0.5:
@@ -94,6 +95,10 @@ def test_end_to_end_then_sample(tmp_path, text_file):
     assert {"model", "config", "optimizer", "step", "val_loss", "train_config", "data_position", "rng_state"} <= set(ckpt)
     assert ckpt["step"] == 6 and ckpt["config"]["n_layer"] == 2
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    # the tokens went to the session's cache (conftest's XDG_CACHE_HOME), and the checkpoint
+    # keeps "auto" rather than the folder it meant on this machine
+    assert f"tokens new: {os.path.join(os.environ['XDG_CACHE_HOME'], 'homegpt', 'tokens')}" in r.stdout
+    assert ckpt["train_config"]["data_cache"] == "auto"
     s = run_script("sample.py", "--ckpt", tmp_path / "log" / "ckpt.pt", "--prompt", "ROMEO:", "--num_samples", 2, "--max_new_tokens", 5)
     assert s.returncode == 0, s.stderr
     assert "1> ROMEO:" in s.stdout and "2> ROMEO:" in s.stdout
@@ -130,6 +135,8 @@ def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_fil
     assert resumed.returncode == 0, resumed.stderr
     resumed_losses = step_losses(resumed.stdout)
     assert sorted(resumed_losses) == list(range(stopped, 40))
+    if "--compile" in extra:  # train.py falls back to eager if compiling fails: each run must have compiled
+        assert all("| compile on (" in out for out in (full.stdout, output, resumed.stdout))
     for step, loss in resumed_losses.items():
         assert abs(loss - full_losses[step]) <= 1e-6, (step, loss, full_losses[step])
     # the log reads as one run: every step once
@@ -160,11 +167,7 @@ def hf_dir_gpt2_vocab(tmp_path_factory):
     torch.manual_seed(0)
     config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, bos_token_id=50256, eos_token_id=50256)
     path = tmp_path_factory.mktemp("hf_gpt2_vocab")
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():  # LayerNorms and biases unlike a fresh model's, so loading them shows
-        for parameter in model.parameters():
-            parameter.normal_(mean=1.0 if parameter.dim() == 1 else 0.0, std=0.1)
-    model.save_pretrained(path)
+    randomise(GPT2LMHeadModel(config)).save_pretrained(path)
     return str(path)
 
 
@@ -235,14 +238,16 @@ def test_pretrained_offline(tmp_path, text_file, hub_offline):
 
 
 class Recorder:
-    """Stands in for the model: records where each batch starts, returns a loss of 1."""
+    """Stands in for the model's loss: records where each batch and each window in it
+    start, returns a loss of 1."""
 
     def __init__(self):
-        self.starts = []
+        self.starts, self.windows = [], []
 
     def __call__(self, x, y):
         self.starts.append(x[0, 0].item())
-        return None, torch.tensor(1.0)
+        self.windows += x[:, 0].tolist()
+        return torch.tensor(1.0)
 
     def eval(self):
         pass
@@ -265,13 +270,95 @@ def test_evaluation_batches_spread_over_the_whole_split():
 def test_whole_split_loss_is_the_mean_over_every_window():
     model = tiny_model()
     tokens = np.random.default_rng(0).integers(0, 100, size=32 * 7 + 5).astype(np.uint16)  # 7 windows and a bit
-    cfg = train.Config(B=3, T=32, block_size=32, total_batch_size=96)
     with torch.no_grad():
         per_window = [model(torch.from_numpy(tokens[i * 32 : i * 32 + 32].astype(np.int64))[None],
                             torch.from_numpy(tokens[i * 32 + 1 : i * 32 + 33].astype(np.int64))[None])[1].item()
                       for i in range(7)]
-    whole = train.evaluate_whole_split(model, tokens, cfg, "cpu", nullcontext())
+    starts = train.final_windows(len(tokens), 32, max_tokens=10_000)
+    assert starts == [i * 32 for i in range(7)]
+    whole = train.evaluate_windows(TrainingLoss(model), tokens, starts, 32, "cpu", nullcontext())
     assert abs(whole - sum(per_window) / 7) < 1e-5
+    assert train.describe_windows(starts, len(tokens), 32) == ("on the whole validation split, every window", "224 tokens")
+
+
+def test_beyond_the_cap_the_final_evaluation_takes_a_fixed_sample_spread_evenly():
+    tokens = np.arange(32 * 100 + 1, dtype=np.uint16)  # 100 windows; a token is its own position
+    starts = train.final_windows(len(tokens), 32, max_tokens=320)
+    assert starts == [i * 10 * 32 for i in range(10)]  # one window in every ten
+    assert train.final_windows(len(tokens), 32, max_tokens=320) == starts  # the same ones every time
+    model = Recorder()
+    train.evaluate_windows(model, tokens, starts, 32, "cpu", nullcontext())
+    assert model.windows == starts
+    assert train.describe_windows(starts, len(tokens), 32) == (
+        "on 10 windows spread evenly over the validation split", "320 of its 3,201 tokens")
+
+
+def test_final_evaluation_cap_covers_inputs_validation_split_whatever_the_tokenizer():
+    validation_bytes = len(open(os.path.join(ROOT, "input"), "rb").read()) * 0.1
+    assert 250_000 < validation_bytes < train.FINAL_EVAL_BYTES
+    # a tokenizer with fewer bytes per token makes more tokens, and the cap in tokens grows with them
+    for bytes_per_token in (1.0, 2.68, 3.26):
+        n_tokens = int(validation_bytes / bytes_per_token)
+        cap_tokens = int(train.FINAL_EVAL_BYTES / bytes_per_token)
+        starts = train.final_windows(n_tokens, 256, cap_tokens)
+        assert train.describe_windows(starts, n_tokens, 256)[0] == "on the whole validation split, every window"
+
+
+def test_evaluation_runs_without_autograd():
+    grad_modes = []
+
+    class Watcher(Recorder):
+        def __call__(self, x, y):
+            grad_modes.append(torch.is_grad_enabled())
+            return super().__call__(x, y)
+
+    tokens = np.arange(5_000, dtype=np.uint16)
+    cfg = train.Config(B=2, T=32, eval_steps=3)
+    train.evaluate(Watcher(), tokens, cfg, "cpu", nullcontext())
+    train.evaluate_windows(Watcher(), tokens, train.final_windows(len(tokens), 32, 1000), 32, "cpu", nullcontext())
+    assert grad_modes and not any(grad_modes)
+
+
+def test_final_evaluation_batches_many_windows():
+    model = Recorder()
+    tokens = np.arange(32 * 600 + 1, dtype=np.uint16)
+    train.evaluate_windows(model, tokens, train.final_windows(len(tokens), 32, 10**6), 32, "cpu", nullcontext())
+    assert len(model.windows) == 600
+    assert len(model.starts) == -(-600 // (train.FINAL_EVAL_BATCH_TOKENS // 32))  # forward passes, each of many windows
+
+
+# ---------------------------------------------------------------------------
+# Short runs
+
+
+@pytest.mark.parametrize("flags, warmup", [
+    ({"max_steps": 5}, 1),  # a tenth of 5, but at least 1
+    ({"max_steps": 9}, 1),
+    ({"max_steps": 10}, 10),  # the default fits
+    ({"max_steps": 5, "warmup_steps": 0}, 0),  # given: kept
+    ({"max_steps": 5, "warmup_steps": 5}, 5),
+], ids=["5", "9", "10", "explicit-0", "explicit-5"])
+def test_short_runs_warm_up_for_a_tenth_of_their_steps(tmp_path, flags, warmup):
+    cfg, _ = train.resolve_config({**flags, "log_dir": str(tmp_path)})
+    assert cfg.warmup_steps == warmup
+
+
+def test_an_explicit_warmup_longer_than_the_run_is_still_refused(tmp_path):
+    with pytest.raises(train.UsageError, match="warmup_steps=6 is more than max_steps=5"):
+        train.resolve_config({"max_steps": 5, "warmup_steps": 6, "log_dir": str(tmp_path)})
+
+
+@pytest.mark.slow
+def test_python_train_max_steps_5_just_works(tmp_path, text_file):
+    r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS_WITHOUT_WARMUP,
+                   "--max_steps", 5, "--eval_sample_tokens", 0)
+    assert r.returncode == 0, r.stderr
+    assert "| warmup 1 (a tenth of max_steps) |" in next(line for line in r.stdout.splitlines() if line.startswith("device"))
+    assert sorted(step_losses(r.stdout)) == [0, 1, 2, 3, 4]
+
+
+TINY_FLAGS_WITHOUT_WARMUP = [flag for i, flag in enumerate(TINY_FLAGS)
+                             if "--warmup_steps" not in TINY_FLAGS[max(0, i - 1) : i + 1]]
 
 
 @pytest.mark.slow

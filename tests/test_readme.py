@@ -1,0 +1,268 @@
+"""README's commands, checked the way a learner meets them.
+
+Every `python train.py ...`, `python sample.py ...` and `torchrun ...` line in a code block
+of README.md, and of each markdown page README.md links to, goes through the checks its
+script makes before any work starts: the flags parse; the constants pass Config.check();
+train.py's checkpoint rules hold (no new run over an existing log_dir/ckpt.pt, no resume
+without one); torchrun's process count shares out the micro-batches; the text, a prompt
+file and a checkpoint to sample from exist. Nothing trains. Each page is a story, walked
+in order in a folder laid out like the repository, where a training command leaves its
+checkpoint behind for the commands after it."""
+
+import contextlib
+import io
+import os
+import re
+import shlex
+
+import pytest
+import torch.distributed.run as torchrun
+
+import sample
+import train
+from checkpoint import save_checkpoint
+from cli import UsageError
+from conftest import ROOT
+from data import DataLoader, text_files
+from model import GPT
+from optimizer import configure_optimizers
+
+# What a story's folder shares with the repository: the text, and the recipes' flags files
+FROM_THE_REPO = ["input", "recipes"]
+# Files the commands name as the learner's own, and what the test puts in them
+EXAMPLE_FILES = {
+    "my-flags.txt": "--n_layer 4\n--n_head 4\n--n_embd 256  # a smaller model\n",
+    "prompt.txt": "ROMEO:\nBut soft, what light through yonder window breaks?\n",
+}
+# Commands a page shows in order to demonstrate an error, and the error each must give
+REFUSALS = {
+    "python train.py --n_embd 66 --n_head 4 --log_dir log/odd": "n_embd=66 must be divisible by n_head=4",
+}
+PLACEHOLDER = b"a checkpoint to be: the test writes a real one when a command resumes it\n"
+
+
+# ----------------------------------------------------------------------------
+# Finding the commands
+
+
+def linked_pages(page):
+    """The markdown pages a page links to, relative to the repository, in order of first mention."""
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        targets = re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", f.read())
+    here = os.path.dirname(page)
+    return list(dict.fromkeys(os.path.normpath(os.path.join(here, target)) for target in targets))
+
+
+def find_commands(markdown):
+    """(line number, the line as written, its words) for each command of train.py,
+    sample.py or torchrun in the code blocks of markdown. A line ending in a backslash
+    goes on in the next; other lines of a block (a sample of output) are no commands."""
+    found, in_block, start, joined = [], False, 0, ""
+    for number, line in enumerate(markdown.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_block = not in_block
+            continue
+        if not in_block:
+            continue
+        start = start if joined else number
+        joined = f"{joined} {line.strip()}" if joined else line.strip()
+        if joined.endswith("\\"):
+            joined = joined[:-1].rstrip()
+            continue
+        found += [(start, joined, words) for words in commands_in(joined)]
+        joined = ""
+    return found
+
+
+def commands_in(line):
+    """The checked commands of one shell line, as word lists: the line split at && || ; |
+    and &, with # comments and leading variable assignments (SHOW_TRACEBACK=1) left out."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:  # an unclosed quote: harmless in a sample of output, not in a command
+        if any(checked(words) for words in split_at_operators(line.split())):
+            raise ValueError(f"cannot read {line!r} as a shell command: a quote is not closed") from None
+        return []
+    return [words for words in split_at_operators(words) if checked(words)]
+
+
+def split_at_operators(words):
+    """A shell line's words as one list per command, without the variables set before each."""
+    commands, current = [], []
+    for word in words + [";"]:
+        if word in ("&&", "||", ";", "|", "&"):
+            commands.append(current)
+            current = []
+        elif current or not re.fullmatch(r"[A-Za-z_]\w*=.*", word):  # SHOW_TRACEBACK=1 sets a variable
+            current.append(word)
+    return commands
+
+
+def checked(words):
+    """Whether words run one of the scripts this test checks."""
+    return words[:2] in (["python", "train.py"], ["python", "sample.py"]) or words[:1] == ["torchrun"]
+
+
+# ----------------------------------------------------------------------------
+# A learner's folder, and each script's checks before it starts work
+
+
+class Story:
+    """A folder laid out like the repository, walked one command at a time: the
+    checkpoints in it are those the commands so far have written."""
+
+    def __init__(self, folder):
+        for name in FROM_THE_REPO:
+            os.symlink(os.path.join(ROOT, name), os.path.join(folder, name))
+        for name, text in EXAMPLE_FILES.items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        self.placeholders = {}  # checkpoint path: the Config of the run that wrote it
+
+    def check(self, words):
+        """None when the command gets past its script's checks (or, for one of REFUSALS,
+        is refused with its error), else what went wrong."""
+        expected = REFUSALS.get(shlex.join(words))
+        try:
+            if words[0] == "torchrun":
+                self.torchrun(words[1:])
+            elif words[1] == "train.py":
+                self.train(words[2:])
+            else:
+                self.sample(words[2:])
+        except UsageError as e:
+            script = "train.py" if words[0] == "torchrun" else words[1]
+            return None if expected and expected in str(e) else f"{script}: error: {e}"
+        return f"the page shows it refused with {expected!r}, but it would run" if expected else None
+
+    def train(self, argv, world_size=1):
+        """train.py's checks, in main()'s order, as far as they go without a model or tokens;
+        then the checkpoint the run would save exists."""
+        flags = parse(train.parse_flags, argv)
+        if flags is None:
+            return
+        if flags.get("init_from") == "resume":
+            self.make_resumable(os.path.join(flags.get("log_dir", train.Config.log_dir), "ckpt.pt"))
+        cfg, _ = train.resolve_config(flags)
+        train.micro_steps_per_step(cfg, world_size)
+        train.make_log_dir(cfg.log_dir)
+        text_files(cfg.input_file)
+        path = os.path.join(cfg.log_dir, "ckpt.pt")
+        with open(path, "wb") as f:
+            f.write(PLACEHOLDER)
+        self.placeholders[path] = cfg
+
+    def torchrun(self, argv):
+        """torchrun's own parser; then train.py's checks for nnodes x nproc_per_node processes."""
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as errors:
+                args = torchrun.get_args_parser().parse_args(argv)
+        except SystemExit:
+            raise UsageError(f"torchrun refuses its flags: {errors.getvalue().strip().splitlines()[-1]}") from None
+        if args.training_script != "train.py":
+            raise UsageError(f"torchrun starts {args.training_script}; only train.py trains in several processes")
+        nodes = torchrun.parse_min_max_nnodes(args.nnodes)[1]  # the most nodes it may have
+        self.train(args.training_script_args, world_size=nodes * int(args.nproc_per_node))
+
+    def sample(self, argv):
+        """sample.py's checks before it loads a model: the constants, the prompt, the checkpoint's file."""
+        flags = parse(sample.parse_flags, argv)
+        if flags is None:
+            return
+        cfg = sample.Config(**flags)
+        sample.read_prompt(cfg.prompt)
+        if cfg.init_from is None and not os.path.exists(cfg.ckpt):  # where load_model starts
+            raise UsageError(f"no checkpoint at {cfg.ckpt} at this point of the page")
+
+    def make_resumable(self, path):
+        """A resumed run reads its checkpoint: the placeholder left by the run that wrote it
+        becomes a real checkpoint of that run's shape and constants."""
+        cfg = self.placeholders.pop(path, None)
+        if cfg is not None:
+            save_checkpoint(path, finished_run(cfg))
+
+
+def parse(parse_flags, argv):
+    """parse_flags(argv), or None for --help, which prints every flag and exits."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return parse_flags(argv)
+    except SystemExit as e:
+        if e.code:
+            raise
+        return None
+
+
+def finished_run(cfg):
+    """What train.py saves at the end of a run from scratch with these constants, from
+    fresh weights: a resumed run reads its constants and shape, not what the weights learned."""
+    assert cfg.init_from in ("scratch", "resume"), "a fine-tune's shape comes from weights this test cannot fetch"
+    model = GPT(train.model_shape(cfg))
+    optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, "cpu", cfg.optimizer, cfg.adamw_lr_ratio)
+    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None)
+
+
+@pytest.fixture
+def story(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return Story(tmp_path)
+
+
+# ----------------------------------------------------------------------------
+# The tests
+
+
+def test_commands_are_read_from_code_blocks_and_output_is_skipped():
+    page = "\n".join([
+        "Run `python train.py --max_steps 1` (not in a block), then:",  # 1
+        "```bash",
+        "pip install -r requirements.txt && python train.py",  # 3
+        "SHOW_TRACEBACK=1 python train.py --n_embd 66 \\",  # 4
+        "    --n_head 4   # a comment",
+        "python bench.py",
+        "```",
+        "```",
+        "step    9 | sample: ROMEO:\\nI'll go",  # output, with a quote left open
+        "done: sample from it with: python sample.py --ckpt log/ckpt.pt",
+        "```",
+    ])
+    assert find_commands(page) == [
+        (3, "pip install -r requirements.txt && python train.py", ["python", "train.py"]),
+        (4, "SHOW_TRACEBACK=1 python train.py --n_embd 66 --n_head 4   # a comment",
+         ["python", "train.py", "--n_embd", "66", "--n_head", "4"]),
+    ]
+
+
+def test_a_new_run_over_the_quick_starts_checkpoint_is_refused(story):
+    assert story.check(["python", "train.py"]) is None
+    assert "log/ckpt.pt exists from an earlier run" in story.check(["python", "train.py", "--max_steps", "5"])
+
+
+def test_a_resume_reads_the_checkpoint_of_the_run_before(story):
+    assert story.check(shlex.split("python train.py --n_layer 1 --n_head 1 --n_embd 32 --optimizer muon")) is None
+    problem = story.check(shlex.split("python train.py --init_from resume --optimizer adamw"))
+    assert "was trained with --optimizer muon" in problem
+
+
+def test_torchrun_shares_the_micro_batches_among_nodes_times_processes(story):
+    # the default step is 8 micro-batches: one for each of 2 x 4 processes, too few for 2 x 8
+    assert story.check(shlex.split("torchrun --nnodes 2 --nproc_per_node 4 train.py --log_dir a")) is None
+    problem = story.check(shlex.split("torchrun --nnodes 2 --nproc_per_node 8 train.py --log_dir b"))
+    assert "8 micro-batches per step cannot be shared evenly among 16 processes" in problem
+
+
+def test_sampling_needs_a_checkpoint_first(story):
+    assert "no checkpoint at log/ckpt.pt" in story.check(shlex.split('python sample.py --prompt "ROMEO:"'))
+
+
+@pytest.mark.parametrize("page", ["README.md", *linked_pages("README.md")])
+def test_the_pages_commands_run_in_order(page, story):
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        commands = find_commands(f.read())
+    assert commands, f"{page} has no train.py, sample.py or torchrun command in a code block"
+    failures = [f"{page}:{line}: {text}\n    {problem}" for line, text, words in commands
+                if (problem := story.check(words)) is not None]
+    if failures:
+        pytest.fail("commands that would not run where they stand:\n" + "\n".join(failures), pytrace=False)
