@@ -290,15 +290,27 @@ def chunked_cross_entropy(x, weight, targets, chunk_size=256):
     targets (N,), -1 ignored), 256 rows of logits at a time."""
     if torch.is_grad_enabled():
         return ChunkedCrossEntropy.apply(x, weight, targets, chunk_size)
-    # evaluation: the same chunks, without the gradients ChunkedCrossEntropy prepares.
+    return chunked_cross_entropy_no_grad(x, weight, targets)
+
+
+# Rows of logits per chunk without autograd: small enough that a chunk's logits stay in
+# the CPU's cache between the matrix product that writes them and the softmax that reads
+# them, large enough for an efficient product (measured on Zen 5; README's Performance)
+EVAL_CHUNK_ROWS = 128
+
+
+def chunked_cross_entropy_no_grad(x, weight, targets):
+    """chunked_cross_entropy for evaluation: the same loss, without the gradients that
+    ChunkedCrossEntropy prepares."""
     # Autocast would cast the weight to bf16 again for every chunk (it keeps casts only
-    # while recording gradients), so both are cast here, once.
+    # while recording gradients), so both are cast here, once
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
     total = torch.zeros((), dtype=torch.float32, device=x.device)
-    for first in range(0, x.size(0), chunk_size):
-        logits = (x[first : first + chunk_size] @ weight.t()).float()  # (n, V), softmax in float32
-        total += F.cross_entropy(logits, targets[first : first + chunk_size], ignore_index=-1, reduction="sum")
+    for first in range(0, x.size(0), EVAL_CHUNK_ROWS):
+        rows = slice(first, first + EVAL_CHUNK_ROWS)
+        logits = (x[rows] @ weight.t()).float()  # (n, V), softmax in float32
+        total += F.cross_entropy(logits, targets[rows], ignore_index=-1, reduction="sum")
     return total / (targets != -1).sum().clamp(min=1)
 

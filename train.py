@@ -190,7 +190,7 @@ def evaluate(loss_fn, val_tokens, cfg, device, ctx):
 # The final evaluation reads every window of the validation split up to about this much
 # text, and beyond it a sample of that size spread evenly over the split: input's
 # validation split (258 KB) is always read whole, and a split of any size takes seconds.
-FINAL_EVAL_BYTES = 1 << 20
+FINAL_EVAL_BYTES = 300_000
 FINAL_EVAL_BATCH_TOKENS = 8192  # windows per forward pass: as many as make this many tokens
 
 
