@@ -229,6 +229,17 @@ def run_json(args, name):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def alternate(names, rounds, run_one):
+    """{name: [run_one(name) of each round]}: every name in turn, then in reverse order,
+    and so on, so that a noisy neighbour favours none of them."""
+    results = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            results[name].append(run_one(name))
+            print(f"  round {round_ + 1}: {name} done", file=sys.stderr, flush=True)
+    return results
+
+
 def print_machine(device_type):
     print(f"cpu: {cpu_name()} | cores {physical_cores()} (logical {os.cpu_count()}) | "
           f"native bf16 {cpu_has_native_bf16()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
@@ -248,11 +259,8 @@ def bench_training(bench, flags):
     peak = {d: matmul_peak_gflops(getattr(torch, d), device) for d in ["float32"] + ["bfloat16"] * native}
     print("matmul peak (2048^3): " + ", ".join(f"{d} {peak[d]:.0f} GFLOP/s" for d in sorted(peak, reverse=True)))
 
-    results = {mode[0]: [] for mode in modes}
-    for round_ in range(bench.rounds):
-        for mode in modes if round_ % 2 == 0 else modes[::-1]:
-            results[mode[0]].append(run_child(mode, flags, bench))
-            print(f"  round {round_ + 1}: {mode[0]} done", file=sys.stderr, flush=True)
+    by_name = {mode[0]: mode for mode in modes}
+    results = alternate(list(by_name), bench.rounds, lambda name: run_child(by_name[name], flags, bench))
 
     labels = {name: name if name != "train.py default" else f"{name} ({describe(runs[0])})" for name, runs in results.items()}
     width = max(map(len, labels.values()))
@@ -286,14 +294,13 @@ def bench_optimizers(bench, flags):
     print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd} | {cfg.total_batch_size:,} tokens per "
           f"step in micro-batches of B={cfg.B} x T={cfg.T} | {bench.warmup} warm-up + {bench.steps} timed steps x "
           f"{bench.rounds} rounds per optimizer")
-    names = ["adamw", "muon"]
-    results = {name: [] for name in names}
-    for round_ in range(bench.rounds):
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            args = [sys.executable, os.path.abspath(__file__), "--child", f"step:{name}", "--steps", str(bench.steps),
-                    "--warmup", str(bench.warmup), *flag_args(flags)]
-            results[name].append(run_json(args, name))
-            print(f"  round {round_ + 1}: {name} done", file=sys.stderr, flush=True)
+
+    def run_one(name):
+        args = [sys.executable, os.path.abspath(__file__), "--child", f"step:{name}", "--steps", str(bench.steps),
+                "--warmup", str(bench.warmup), *flag_args(flags)]
+        return run_json(args, name)
+
+    results = alternate(["adamw", "muon"], bench.rounds, run_one)
     print()
     width = max(len(runs[0]["optimizer"]) for runs in results.values())
     print(f"{'optimizer':<{width}} {'s/step':>7} {'tok/sec':>8} {'vs adamw':>9} {'peak MB':>8}")

@@ -182,3 +182,14 @@ def test_start_up_line_says_where_muon_computes(tmp_path, text_file, dtype):
                    "--optimizer", "muon", "--dtype", dtype, "--eval_sample_tokens", 0)
     assert r.returncode == 0, r.stderr
     assert f"| optimizer muon (orthogonalised in {dtype}) |" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_times_a_training_step_with_each_optimizer():
+    r = run_script("bench.py", "--optimizers", "--steps", 1, "--warmup", 0, "--rounds", 1, "--n_layer", 1, "--n_head", 2,
+                   "--n_embd", 64, "--B", 2, "--T", 64, "--total_batch_size", 256, "--compile", False, "--device", "cpu",
+                   "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith(("adamw ", "muon "))]
+    assert [row[0] for row in rows] == ["adamw", "muon"] and rows[1][1:4] == ["(orthogonalised", "in", "float32)"]
+    assert float(rows[0][-2].rstrip("x")) == 1.0 and float(rows[1][-2].rstrip("x")) > 0  # vs adamw
