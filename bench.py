@@ -6,6 +6,7 @@ How fast does this machine train the model, and which speed-ups earn their keep?
     python bench.py --sample                                  # sampling speed, GPT-2 124M shape
     python bench.py --data 100                                # tokenizing and training on a 100 MB text
     python bench.py --optimizers                              # a whole training step with AdamW, then with Muon
+    python bench.py --tokenizers                              # text per second with GPT-2's vocabulary and a BPE
 
 Every train.py constant is also a flag here. Each mode (the plain float32 reference,
 each speed-up alone, and train.py's default combination) runs in a fresh process, so
@@ -14,6 +15,8 @@ that a noisy neighbour does not favour one of them. A micro-step is one forward,
 backward and optimizer step on a B x T batch of random tokens.
 """
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -31,7 +34,7 @@ import torch
 import train
 from cli import UsageError, add_flags, flag_parser, run_main
 from model import GPT, pretrained_config
-from data import DataLoader
+from data import DataLoader, load_tokens
 from optimizer import configure_optimizers, describe_optimizer
 from speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
 
@@ -55,6 +58,7 @@ class Settings:
     offline: bool = False  # time how long sample.py takes to say that GPT-2 cannot be fetched offline
     data: float = 0.0  # if above 0: write a text of this many MB from input, and time tokenizing and training on it
     optimizers: bool = False  # time whole training steps with each optimizer (adamw, muon) instead
+    tokenizers: bool = False  # time whole training steps with GPT-2's vocabulary and a BPE of 4096, in bytes of text/sec
     child: Optional[str] = None  # internal: run one mode in this process and print its figures as JSON
 
 
@@ -310,6 +314,40 @@ def bench_optimizers(bench, flags):
               f"{seconds[name] / seconds['adamw']:8.2f}x {max(r['peak_mb'] for r in runs):8.0f}")
 
 
+def bench_tokenizers(bench, flags):
+    """Whole training steps with GPT-2's vocabulary and with a BPE of train.BPE_VOCAB_SIZE
+    tokens trained on the text, in turn and then in reverse, in tokens and in bytes of
+    text per second: a small vocabulary shrinks the output layer, the largest matrix
+    product of a small model, while each token stands for a little less text."""
+    cfg = train.Config(**flags)
+    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
+    print_machine(device_type)
+    shapes = {}
+    with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(io.StringIO()):  # never the user's cache
+        for name in ("gpt2", "bpe"):
+            loaded = load_tokens(cfg.input_file, cache, name, train.BPE_VOCAB_SIZE)
+            shapes[name] = (train.padded_vocab(loaded.tokenizer.n_vocab), loaded.train_bytes / loaded.n_train)
+    print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd} | {cfg.total_batch_size:,} tokens per "
+          f"step | bytes per token on the training text of {cfg.input_file} | {bench.warmup} warm-up + {bench.steps} "
+          f"timed steps x {bench.rounds} rounds per tokenizer")
+
+    def run_one(name):
+        args = [sys.executable, os.path.abspath(__file__), "--child", "step:adamw", "--steps", str(bench.steps),
+                "--warmup", str(bench.warmup), *flag_args({**flags, "vocab_size": shapes[name][0]})]
+        return run_json(args, name)
+
+    results = alternate(list(shapes), bench.rounds, run_one)
+    print()
+    print(f"{'tokenizer':<10} {'rows':>6} {'bytes/token':>12} {'s/step':>7} {'tok/sec':>8} {'bytes/sec':>10} {'vs gpt2':>8}")
+    speed = {}
+    for name, runs in results.items():
+        seconds = statistics.median(t for run in runs for t in run["times"])
+        rows, per_token = shapes[name]
+        speed[name] = cfg.total_batch_size * per_token / seconds
+        print(f"{name:<10} {rows:>6} {per_token:12.2f} {seconds:7.2f} {cfg.total_batch_size / seconds:8.0f} "
+              f"{speed[name]:10.0f} {speed[name] / speed['gpt2']:7.2f}x")
+
+
 def flag_args(flags):
     """train.py constants as command-line flags again, for a child process."""
     args = []
@@ -488,6 +526,8 @@ def main(argv=None):
         bench_data(bench.data)
     elif bench.optimizers:
         bench_optimizers(bench, flags)
+    elif bench.tokenizers:
+        bench_tokenizers(bench, flags)
     else:
         bench_training(bench, flags)
 

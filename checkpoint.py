@@ -7,15 +7,20 @@ GPT-2 through Hugging Face, and the export of a checkpoint to Hugging Face's for
     save_checkpoint        write a checkpoint so that a crash never destroys the last one
     load_checkpoint        read one back, ours or nanoGPT's (only plain data is unpickled)
     model_from_checkpoint  the GPT a checkpoint holds
+    checkpoint_tokenizer   the tokenizer it was trained with
+    check_tokenizer        a one-line error when --tokenizer does not fit the weights training starts from
     load_pretrained        GPT.from_pretrained, with a one-line error when offline
     export                 the command above: a checkpoint as a Hugging Face GPT-2 directory
 
 A checkpoint is a dict: "model" (the state dict), "config" (the GPTConfig as a plain
 dict, so the file explains itself) and, from train.py, what it needs to continue:
-"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state". It also
-holds "model_args", the same shape under the name nanoGPT reads, and the state dict has
-nanoGPT's keys and shapes (OpenAI's names, no causal-mask buffer): nanoGPT's sample.py
-and train.py load it as one of their own.
+"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state", and
+"tokenizer" (Tokenizer.to_dict(): strings only), so that sampling, fine-tuning and the
+export need neither the text nor the token cache. It also holds "model_args", the same
+shape under the name nanoGPT reads, and the state dict has nanoGPT's keys and shapes
+(OpenAI's names, no causal-mask buffer): nanoGPT's sample.py and train.py load it as one
+of their own. nanoGPT has no place for a tokenizer, so its sample.py decodes only a
+checkpoint trained with GPT-2's.
 """
 
 import dataclasses
@@ -27,6 +32,7 @@ from urllib.parse import urlparse
 
 import torch
 
+import tokenizer
 from cli import RunFailure, UsageError, describe_error, flag_parser, run_main
 from model import GPT, PRETRAINED, GPTConfig
 
@@ -92,6 +98,39 @@ def model_from_checkpoint(ckpt, dropout=None):
         detail = lines[1].strip()[:200] if len(lines) > 1 else describe_error(e)
         raise UsageError(f"the checkpoint's weights do not match its model shape ({detail})") from None
     return model
+
+
+def checkpoint_tokenizer(ckpt):
+    """The tokenizer.Tokenizer the checkpoint's model was trained with: the one it carries,
+    or GPT-2's for a checkpoint without one (nanoGPT's, and this project's before it had
+    a choice of tokenizer)."""
+    if "tokenizer" not in ckpt:
+        return tokenizer.gpt2()
+    try:
+        return tokenizer.from_dict(ckpt["tokenizer"])
+    except Exception as e:  # a damaged description: tokenizers raises plain Exceptions
+        raise UsageError(f"the checkpoint's tokenizer cannot be read ({describe_error(e)})") from None
+
+
+def check_tokenizer(given, source, ckpt=None):
+    """A UsageError when --tokenizer was given (None: it was not) and is not the tokenizer
+    of the weights that training starts from: the checkpoint ckpt (resume), else the
+    checkpoint file or pretrained GPT-2 that --init_from names (source). Weights know the
+    ids of their own tokenizer only. A source that is none of these does not exist, which
+    loading it reports."""
+    if given is None:
+        return
+    if ckpt is None and os.path.isfile(source):
+        ckpt = load_checkpoint(source)
+    if ckpt is not None:
+        brought = checkpoint_tokenizer(ckpt).name
+    elif source in PRETRAINED or os.path.isdir(source):
+        brought = tokenizer.GPT2Tokenizer.name
+    else:
+        return
+    if given != brought:
+        raise UsageError(f"--tokenizer {given} does not fit {source}: its weights know the ids of the {brought} tokenizer "
+                         f"only, and keep it; drop --tokenizer, or train a new model from scratch with --tokenizer {given}")
 
 
 # ----------------------------------------------------------------------------
@@ -163,9 +202,13 @@ def export(argv=None):
 
     hf_logging.disable_progress_bar()
     ckpt = load_checkpoint(cfg.ckpt)
-    model_from_checkpoint(ckpt).save_pretrained(cfg.out_dir)
-    print(f"exported {cfg.ckpt} ({ckpt['kind']}) to {cfg.out_dir}/ as a Hugging Face GPT-2")
-    print(f'try it: python sample.py --init_from {cfg.out_dir} --prompt "ROMEO:"')
+    tok = checkpoint_tokenizer(ckpt)
+    model_from_checkpoint(ckpt).save_pretrained(cfg.out_dir, tok)
+    print(f"exported {cfg.ckpt} ({ckpt['kind']}, {tok.name} tokenizer) to {cfg.out_dir}/ as a Hugging Face GPT-2")
+    if tok.name == tokenizer.GPT2Tokenizer.name:
+        print(f'try it: python sample.py --init_from {cfg.out_dir} --prompt "ROMEO:"')
+    else:  # sample.py --init_from reads a directory with GPT-2's tokenizer
+        print(f"try it in transformers: pipeline('text-generation', model='{cfg.out_dir}')('ROMEO:')")
 
 
 if __name__ == "__main__":

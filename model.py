@@ -17,8 +17,6 @@ checkpoint.py the files.
 """
 
 import math
-import os
-import shutil
 from dataclasses import dataclass
 
 import torch
@@ -208,30 +206,28 @@ class GPT(nn.Module):
         model.load_state_dict(hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
         return model
 
-    def save_pretrained(self, directory):
+    def save_pretrained(self, directory, tokenizer):
         """Write this model as a Hugging Face GPT-2, the mirror of from_pretrained:
-        config.json, the weights as model.safetensors, generation_config.json, and
-        GPT-2's tokenizer files (vocab.json, merges.txt). transformers' AutoModelForCausalLM,
-        AutoTokenizer and pipeline("text-generation") then load the directory as it is."""
+        config.json, the weights as model.safetensors, generation_config.json, and the
+        files of tokenizer, the one it was trained with (tokenizer.py's: it writes them
+        itself). transformers' AutoModelForCausalLM, AutoTokenizer and
+        pipeline("text-generation") then load the directory as it is."""
         from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-        from data import gpt2_bpe_files  # the tokenizer's two files, found in one place
-
         c = self.config
+        eot = tokenizer.eot  # <|endoftext|> begins and ends a document
         hf_config = GPT2Config(
             vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=EOT, eos_token_id=EOT,
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=eot, eos_token_id=eot,
         )
         hf_model = GPT2LMHeadModel(hf_config)
         hf_model.load_state_dict(our_to_hf_state_dict(self.state_dict(), hf_model.state_dict()))
-        # ids past GPT-2's 50257 tokens only pad the vocabulary: they stand for no text,
+        # rows past the tokenizer's ids only pad the vocabulary: they stand for no text,
         # so Hugging Face's generate must never pick them
-        padding_ids = list(range(GPT2_VOCAB_SIZE, c.vocab_size))
-        hf_model.generation_config = GenerationConfig(bos_token_id=EOT, eos_token_id=EOT, suppress_tokens=padding_ids or None)
+        padding_ids = list(range(tokenizer.n_vocab, c.vocab_size))
+        hf_model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, suppress_tokens=padding_ids or None)
         hf_model.save_pretrained(directory)
-        merges, vocab = gpt2_bpe_files()
-        shutil.copyfile(vocab, os.path.join(directory, "vocab.json"))  # token -> id
-        shutil.copyfile(merges, os.path.join(directory, "merges.txt"))  # the BPE merges, in order
+        tokenizer.save_pretrained(directory)
 
     # ------------------------------------------------------------------------
     # Generation
@@ -241,9 +237,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True):
+                        generator=None, use_cache=True, n_vocab=None):
         """Yield the next token of every row of idx (B, T), as a (B, 1) tensor, max_new_tokens
         times. See sample_next_token for temperature, top_k, top_p and generator.
+        n_vocab: how many ids the tokenizer has (None: as many as the model has rows); the
+        rows beyond them only pad the vocabulary, stand for no text and are never picked.
         With the cache, only the newest token goes through the model at each step.
         The model sees at most block_size tokens; once the sequence is longer, every
         step processes the last block_size tokens afresh (their positions have all
@@ -256,13 +254,14 @@ class GPT(nn.Module):
             else:  # the first step, or no cache, or a full one
                 cache = self.new_kv_cache() if use_cache else None
                 logits, _ = self(idx[:, -block_size:], kv_cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx_next = sample_next_token(logits[:, -1, :n_vocab], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True,
+                 n_vocab=None):
         """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
-        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache, n_vocab)
         return torch.cat([idx, *steps], dim=1)
 
 
@@ -272,7 +271,6 @@ class GPT(nn.Module):
 
 # The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
 GPT2_VOCAB_SIZE = 50257
-EOT = 50256  # <|endoftext|>, the token that separated documents in GPT-2's training text
 PRETRAINED = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M

@@ -17,9 +17,9 @@ from typing import Literal, Optional
 
 import torch
 
-from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint
+import tokenizer
+from checkpoint import checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint
 from cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from data import get_tokenizer
 from speed import check_device, choose_dtype, pick_device
 
 # ----------------------------------------------------------------------------
@@ -84,28 +84,41 @@ def read_prompt(prompt):
 
 
 def load_model(cfg, device):
+    """(the model, the tokenizer.Tokenizer whose ids it knows): pretrained GPT-2's, or the checkpoint's own."""
     if cfg.init_from is not None:
-        return load_pretrained(cfg.init_from)
+        return load_pretrained(cfg.init_from), tokenizer.gpt2()
     if not os.path.exists(cfg.ckpt):
         raise UsageError(f"no checkpoint at {cfg.ckpt}: train one with `python train.py`, or sample from GPT-2 with --init_from gpt2")
     ckpt = load_checkpoint(cfg.ckpt, device)
-    model = model_from_checkpoint(ckpt)
-    print(f"sampling from {cfg.ckpt}: {ckpt['kind']}", file=sys.stderr)
-    return model
+    model, tok = model_from_checkpoint(ckpt), checkpoint_tokenizer(ckpt)
+    print(f"sampling from {cfg.ckpt}: {ckpt['kind']}, {tok.name} tokenizer", file=sys.stderr)
+    return model, tok
+
+
+def encode_prompt(tok, prompt):
+    """The prompt's ids. Unlike in training text, <|endoftext|> in a prompt is the token
+    that separates documents: it starts GPT-2 on a fresh one."""
+    first, *rest = prompt.split(tokenizer.EOT_TEXT)
+    ids = tok.encode(first).tolist()
+    for piece in rest:
+        ids += [tok.eot, *tok.encode(piece).tolist()]
+    return ids
 
 
 class Sample:
     """One sample's text while its tokens arrive. The bytes are decoded as UTF-8 piece by
     piece (one character may span two tokens), and the text ends after the stop string."""
 
-    def __init__(self, enc, prompt, stop):
-        self.enc, self.stop, self.prompt_length = enc, stop, len(prompt)
+    def __init__(self, tok, prompt, stop):
+        self.tok, self.stop, self.prompt_length = tok, stop, len(prompt)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = prompt
         self.done = False
 
     def add(self, token):
-        self.extend(self.decoder.decode(self.enc.decode_single_token_bytes(token)))
+        # <|endoftext|> stands for no text; where a sample goes on past it, it shows as itself
+        data = tokenizer.EOT_TEXT.encode() if token == self.tok.eot else self.tok.token_bytes(token)
+        self.extend(self.decoder.decode(data))
 
     def finish(self):
         if not self.done:
@@ -127,23 +140,23 @@ class Sample:
         return self.text[: max(self.prompt_length, len(self.text) - len(self.stop) + 1)]
 
 
-def generate(model, enc, prompt_ids, prompt, generators, cfg, on_token=None):
+def generate(model, tok, prompt_ids, prompt, generators, cfg, on_token=None):
     """Samples generated together, one row per generator, until each one stops or has
     max_new_tokens; returns their texts and the number of tokens generated.
     on_token(sample) is called whenever a sample grows."""
     idx = torch.tensor(prompt_ids, dtype=torch.long, device=cfg.device).repeat(len(generators), 1)  # (n, T)
-    samples = [Sample(enc, prompt, cfg.stop) for _ in generators]
+    samples = [Sample(tok, prompt, cfg.stop) for _ in generators]
     steps = model.generate_stream(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache)
+                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache, n_vocab=tok.n_vocab)
     n_tokens = 0
     for next_tokens in steps:  # (n, 1)
         n_tokens += len(samples)
         for sample, token in zip(samples, next_tokens[:, 0].tolist()):
             if sample.done:
                 continue
-            if token == enc.eot_token and cfg.stop_at_eot:
+            if token == tok.eot and cfg.stop_at_eot:
                 sample.finish()
-            elif token < enc.n_vocab:  # ids of the padded vocabulary (>= 50257) stand for no text
+            else:
                 sample.add(token)
             if on_token:
                 on_token(sample)
@@ -173,12 +186,11 @@ def main(argv=None):
     cfg.device = pick_device(cfg.device)
     if cfg.stop_at_eot == "auto":  # GPT-2's own weights know <|endoftext|>; text trained from scratch here rarely has it
         cfg.stop_at_eot = cfg.init_from is not None
-    model = load_model(cfg, cfg.device).eval()
-    model.to(device=cfg.device, dtype=getattr(torch, choose_dtype(cfg.dtype, cfg.device)))
-    enc = get_tokenizer()
-    prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
+    model, tok = load_model(cfg, cfg.device)
+    model.eval().to(device=cfg.device, dtype=getattr(torch, choose_dtype(cfg.dtype, cfg.device)))
+    prompt_ids = encode_prompt(tok, prompt)
     if max(prompt_ids) >= model.config.vocab_size:
-        raise UsageError(f"the prompt has tokens outside this model's vocabulary of {model.config.vocab_size}: use a model trained on GPT-2 tokens")
+        raise UsageError(f"the prompt has tokens outside this model's vocabulary of {model.config.vocab_size}: use a model trained on {tok.name} tokens")
     if len(prompt_ids) > model.config.block_size:
         print(f"note: the prompt has {len(prompt_ids)} tokens and the model sees at most {model.config.block_size}: "
               f"it continues from the last {model.config.block_size}", file=sys.stderr)
@@ -190,11 +202,11 @@ def main(argv=None):
         n_tokens = 0
         for i, generator in enumerate(generators):
             printer = Printer(i + 1)
-            (text,), n = generate(model, enc, prompt_ids, prompt, [generator], cfg, on_token=printer)
+            (text,), n = generate(model, tok, prompt_ids, prompt, [generator], cfg, on_token=printer)
             print(text[printer.shown :] + "\n")
             n_tokens += n
     else:  # all samples together in one batch
-        texts, n_tokens = generate(model, enc, prompt_ids, prompt, generators, cfg)
+        texts, n_tokens = generate(model, tok, prompt_ids, prompt, generators, cfg)
         for i, text in enumerate(texts):
             print(f"{i + 1}> {text}\n")
     seconds = time.time() - started

@@ -18,16 +18,18 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 
-from checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
+                        save_checkpoint)
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from data import DataLoader, cache_root, get_tokenizer, load_tokens, split_tokens, text_files
+from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
 from optimizer import configure_optimizers, describe_optimizer
 from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
+from tokenizer import Tokenizer, gpt2
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.
@@ -40,7 +42,8 @@ class Config:
     n_head: int = 6  # attention heads per block
     n_embd: int = 384  # width of the residual stream
     block_size: int = 256  # longest context the model can see
-    vocab_size: int = 50304  # GPT-2's 50257 tokens padded to a multiple of 64, for faster matmuls
+    tokenizer: Literal["gpt2", "bpe"] = "gpt2"  # gpt2: GPT-2's 50,257 tokens; bpe: a byte-level BPE trained on your training text
+    vocab_size: int = 50304  # the model's output rows: GPT-2's 50,257 tokens padded to a multiple of 64; with bpe, the tokens to learn (4096 when not given)
     dropout: float = 0.0  # fraction of activations zeroed in training; 0.0 for short runs
     bias: bool = True  # biases in Linear and LayerNorm layers
     # the batch: one optimizer step sees total_batch_size tokens, B x T at a time
@@ -91,6 +94,9 @@ class Config:
                 f"adamw_lr_ratio={self.adamw_lr_ratio} only applies with --optimizer muon (with adamw, max_lr is AdamW's rate)")
         require(0 <= self.dropout < 1, f"dropout must be at least 0 and below 1, not {self.dropout}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), not {self.betas}")
+        require(self.tokenizer == "gpt2" or 320 <= self.vocab_size <= 65536,
+                f"vocab_size={self.vocab_size} with --tokenizer bpe must be 320 to 65536: the 256 bytes and at least 63 "
+                f"merges, and ids that fit the token cache's 16 bits")
         require(self.n_embd % self.n_head == 0,
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}: each head gets n_embd / n_head channels")
         require(self.warmup_steps <= self.max_steps,
@@ -178,13 +184,24 @@ def compile_training_loss(train_loss, cfg, device, ctx):
 # Evaluation, and a sample to watch the model learn
 
 
-def evaluate(loss_fn, val_tokens, cfg, device, ctx):
-    """Mean loss over eval_steps batches spread evenly over the whole validation split:
+class Evaluation(NamedTuple):
+    """A validation loss, two ways."""
+
+    loss: float  # nats per token: the mean cross-entropy, what training minimises
+    bits_per_byte: float  # the same surprise per byte of text, comparable across tokenizers
+
+    def __str__(self):
+        return f"{self.loss:.4f} ({self.bits_per_byte:.4f} bits per byte)"
+
+
+def evaluate(loss_fn, val_tokens, cfg, device, ctx, byte_lengths):
+    """The loss over eval_steps batches spread evenly over the whole validation split:
     always the same tokens, so numbers from different steps and runs are comparable,
     and not only the split's first pages, which need not be typical."""
     span = len(val_tokens) - cfg.B * cfg.T - 1  # the last position a batch can start at
     starts = [round(i * span / max(1, cfg.eval_steps - 1)) for i in range(cfg.eval_steps)]
-    return mean_loss(loss_fn, [batch_at(val_tokens, start, cfg.B, cfg.T) for start in starts], device, ctx)
+    return mean_loss(loss_fn, [batch_at(val_tokens, start, cfg.B, cfg.T) for start in starts], device, ctx,
+                     byte_lengths)
 
 
 # The final evaluation reads every window of the validation split up to about this much
@@ -194,12 +211,12 @@ FINAL_EVAL_BYTES = 300_000
 FINAL_EVAL_BATCH_TOKENS = 8192  # windows per forward pass: as many as make this many tokens
 
 
-def evaluate_windows(loss_fn, tokens, starts, T, device, ctx):
-    """Mean loss per token over the windows of T tokens at starts: many windows per
-    forward pass and no autograd, so that the final evaluation costs a small share of the run."""
+def evaluate_windows(loss_fn, tokens, starts, T, device, ctx, byte_lengths):
+    """The loss over the windows of T tokens at starts: many windows per forward pass and
+    no autograd, so that the final evaluation costs a small share of the run."""
     per_batch = max(1, FINAL_EVAL_BATCH_TOKENS // T)
     batches = (batch_of_windows(tokens, starts[i : i + per_batch], T) for i in range(0, len(starts), per_batch))
-    return mean_loss(loss_fn, batches, device, ctx)
+    return mean_loss(loss_fn, batches, device, ctx, byte_lengths)
 
 
 def final_windows(n_tokens, T, max_tokens):
@@ -229,35 +246,38 @@ def batch_of_windows(tokens, starts, T):
     return torch.cat([x for x, _ in windows]), torch.cat([y for _, y in windows])
 
 
-def mean_loss(loss_fn, batches, device, ctx):
-    """The mean loss per token over batches (x, y) that all have windows of the same length.
-    loss_fn(x, y) is the mean over one batch; no autograd, so no graph is kept."""
+def mean_loss(loss_fn, batches, device, ctx, byte_lengths):
+    """The Evaluation of batches (x, y): loss_fn(x, y) is the mean over one batch; no
+    autograd, so no graph is kept. Bits per byte is the sum over the targets of
+    -log2 p(target), divided by the bytes of text they stand for (byte_lengths[id];
+    <|endoftext|> counts 0)."""
     loss_fn.eval()
-    total, count = 0.0, 0
+    nats, n_tokens, n_bytes = 0.0, 0, 0
     with torch.inference_mode():
         for x, y in batches:
             with ctx:
                 loss = loss_fn(x.to(device), y.to(device))
-            total, count = total + loss.item() * len(x), count + len(x)
+            nats += loss.item() * y.numel()
+            n_tokens, n_bytes = n_tokens + y.numel(), n_bytes + int(byte_lengths[y.numpy()].sum())
     loss_fn.train()
-    return total / count
+    return Evaluation(nats / n_tokens, nats / math.log(2) / max(1, n_bytes))
 
 
-def sample_line(model, cfg, device, ctx):
+def sample_line(model, enc, cfg, device, ctx):
     """A short sample from sample_prompt at a fixed seed, on one line with its newlines
     shown as \\n: printed at each evaluation, to watch the model go from commas to words
     to verse. None when the prompt has tokens beyond the model's vocabulary."""
-    enc = get_tokenizer()
-    prompt = enc.encode(cfg.sample_prompt)
+    prompt = enc.encode(cfg.sample_prompt).tolist()
     if not prompt or max(prompt) >= model.config.vocab_size:
         return None
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model.eval()
     with ctx:
-        out = model.generate(idx, cfg.eval_sample_tokens, top_k=50, generator=generator)[0, len(prompt):].tolist()
+        out = model.generate(idx, cfg.eval_sample_tokens, top_k=50, generator=generator, n_vocab=enc.n_vocab)
+    out = out[0, len(prompt):].tolist()
     model.train()
-    text = cfg.sample_prompt + enc.decode([t for t in out if t < enc.n_vocab], errors="replace")
+    text = cfg.sample_prompt + enc.decode(out)
     return text.replace("\n", "\\n")
 
 
@@ -270,12 +290,14 @@ def resolve_config(flags):
     the defaults < the checkpoint's constants < flags given on the command line."""
     ckpt_path = os.path.join(flags.get("log_dir", Config.log_dir), "ckpt.pt")
     if flags.get("init_from") != "resume":
-        cfg = Config(**with_short_warmup(flags))  # a bad constant is named first
+        cfg = Config(**with_defaults(flags))  # a bad constant is named first
         if os.path.exists(ckpt_path):
             raise UsageError(
                 f"{ckpt_path} exists from an earlier run: continue it with --init_from resume, "
                 f"keep it by choosing another --log_dir, or delete it to start over"
             )
+        if cfg.init_from != "scratch":
+            check_tokenizer(flags.get("tokenizer"), cfg.init_from)
         return cfg, None
     if not os.path.exists(ckpt_path):
         raise UsageError(f"--init_from resume, but there is no {ckpt_path}: train first with `python train.py`")
@@ -288,6 +310,7 @@ def resolve_config(flags):
     if flags.get("optimizer", saved_optimizer) != saved_optimizer:
         raise UsageError(f"{ckpt_path} was trained with --optimizer {saved_optimizer}, whose state it holds: resume "
                          f"with that, or train a new model in another --log_dir")
+    check_tokenizer(flags.get("tokenizer"), ckpt_path, resumed)
     changed = [f"--{k} {v}" for k, v in flags.items() if k in SHAPE_KEYS and resumed["config"].get(k) != v]
     if changed:
         shape = ", ".join(f"{k}={resumed['config'][k]}" for k in SHAPE_KEYS)
@@ -296,13 +319,20 @@ def resolve_config(flags):
     return Config(**{**resumed["train_config"], **flags}), resumed
 
 
-def with_short_warmup(flags):
-    """flags, and when max_steps is below the default warmup and --warmup_steps was not
-    given, a warmup of a tenth of the steps: `python train.py --max_steps 5` just works."""
+def with_defaults(flags):
+    """flags, with the defaults that depend on other flags: when max_steps is below the
+    default warmup and --warmup_steps was not given, a warmup of a tenth of the steps
+    (`python train.py --max_steps 5` just works); with --tokenizer bpe and no
+    --vocab_size, a vocabulary of BPE_VOCAB_SIZE tokens."""
     max_steps = flags.get("max_steps", Config.max_steps)
-    if "warmup_steps" in flags or max_steps >= Config.warmup_steps:
-        return flags
-    return {**flags, "warmup_steps": short_warmup(max_steps)}
+    if "warmup_steps" not in flags and max_steps < Config.warmup_steps:
+        flags = {**flags, "warmup_steps": short_warmup(max_steps)}
+    if flags.get("tokenizer") == "bpe" and "vocab_size" not in flags:
+        flags = {**flags, "vocab_size": BPE_VOCAB_SIZE}
+    return flags
+
+
+BPE_VOCAB_SIZE = 4096
 
 
 def short_warmup(max_steps):
@@ -337,39 +367,46 @@ def micro_steps_per_step(cfg, world_size=1):
 
 
 def build_model(cfg, resumed):
-    """The model to train: from a checkpoint (resumed), from scratch, from another checkpoint
-    file (this project's or nanoGPT's), or from pretrained GPT-2."""
+    """(The model to train, the tokenizer whose ids its weights know): from a checkpoint
+    (resumed), from another checkpoint file (this project's or nanoGPT's) or from
+    pretrained GPT-2, which bring their tokenizer; or from scratch, which brings none (None)."""
     if resumed is not None:
-        return model_from_checkpoint(resumed, dropout=cfg.dropout)
+        return model_from_checkpoint(resumed, dropout=cfg.dropout), checkpoint_tokenizer(resumed)
     if cfg.init_from == "scratch":
-        return GPT(model_shape(cfg))
+        return GPT(model_shape(cfg)), None
     if cfg.init_from.endswith(".pt") and not os.path.exists(cfg.init_from):
         raise UsageError(f"no checkpoint at {cfg.init_from}: check the path given to --init_from")
     if os.path.isfile(cfg.init_from):
         ckpt = load_checkpoint(cfg.init_from)
-        print(f"fine-tuning {cfg.init_from}: {ckpt['kind']}")
-        model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
+        model, tok = model_from_checkpoint(ckpt, dropout=cfg.dropout), checkpoint_tokenizer(ckpt)
+        print(f"fine-tuning {cfg.init_from}: {ckpt['kind']}, {tok.name} tokenizer")
     else:
-        model = load_pretrained(cfg.init_from, dropout=cfg.dropout)
+        model, tok = load_pretrained(cfg.init_from, dropout=cfg.dropout), gpt2()
     changed = [f"{k}={v} (was {getattr(cfg, k)})" for k, v in dataclasses.asdict(model.config).items() if getattr(cfg, k) != v]
     if changed:
         print(f"{cfg.init_from} brings its own shape: {', '.join(changed)}")
-    return model
+    return model, tok
 
 
-def load_splits(cfg, vocab_size):
-    """The training and validation tokens, checked against the batch and the vocabulary,
-    and what the start-up line says about them: whether they were cached, and where."""
-    loaded = load_tokens(cfg.input_file, cache_root(cfg.data_cache))  # "auto" is resolved here, never stored
-    train_tokens, val_tokens = split_tokens(loaded.tokens, cfg.B, cfg.T, cfg.input_file)
-    if loaded.max_token >= vocab_size:
-        raise UsageError(f"{cfg.input_file} has GPT-2 tokens beyond the model's vocab_size={vocab_size}")
-    return train_tokens, val_tokens, f"tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}"
+def load_splits(cfg, brought):
+    """(training tokens, validation tokens, the Tokens they came from), made with the
+    tokenizer the model brought or, from scratch, the one cfg.tokenizer names; each split
+    checked against the batch."""
+    loaded = load_tokens(cfg.input_file, cache_root(cfg.data_cache),  # "auto" is resolved here, never stored
+                         brought or cfg.tokenizer, cfg.vocab_size)
+    train_tokens, val_tokens = split_tokens(loaded.tokens, loaded.n_train, cfg.B, cfg.T, cfg.input_file)
+    return train_tokens, val_tokens, loaded
 
 
-def training_state(model, optimizer, cfg, loader, step, val_loss):
+def padded_vocab(n_vocab):
+    """The model's output rows for n_vocab tokens: a multiple of 64, for faster matmuls."""
+    return -(-n_vocab // 64) * 64
+
+
+def training_state(model, optimizer, cfg, loader, step, val_loss, tokenizer):
     """Everything a resumed run needs to continue exactly where this one stopped."""
     return {
+        "tokenizer": tokenizer.to_dict(),  # so the checkpoint samples, fine-tunes and exports without the text
         "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
         "config": dataclasses.asdict(model.config),
         "model_args": dataclasses.asdict(model.config),  # the same, under the name nanoGPT reads
@@ -459,13 +496,14 @@ def trim_log(log_path, first_step):
 
 
 def read_log(log_path):
-    """({step: training loss}, {step: validation loss}) from train.py's log.txt."""
-    curves = {"train": {}, "val": {}}
+    """{kind: {step: value}} from train.py's log.txt, whose lines are `step kind value`:
+    train (the training loss), val (the validation loss) and val_bpb (its bits per byte)."""
+    curves = {"train": {}, "val": {}, "val_bpb": {}}
     with open(log_path) as f:
         for line in f:
-            step, kind, loss = line.split()
-            curves[kind][int(step)] = float(loss)
-    return curves["train"], curves["val"]
+            step, kind, value = line.split()
+            curves[kind][int(step)] = float(value)
+    return curves
 
 
 def plot_losses(log_path, png_path, title, tokens_per_step):
@@ -479,7 +517,8 @@ def plot_losses(log_path, png_path, title, tokens_per_step):
     except ImportError as e:
         print(f"no loss plot: matplotlib cannot be imported ({e}); training goes on (pip install matplotlib)")
         return False
-    train_losses, val_losses = read_log(log_path)
+    curves = read_log(log_path)
+    train_losses, val_losses = curves["train"], curves["val"]
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     ax.plot(list(train_losses), list(train_losses.values()), color="tab:blue", linewidth=1, label="training loss (each step)")
     ax.plot(list(val_losses), list(val_losses.values()), color="tab:orange", marker="o", label="validation loss")
@@ -488,6 +527,13 @@ def plot_losses(log_path, png_path, title, tokens_per_step):
     tokens = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
     tokens.xaxis.set_major_formatter(lambda t, _: f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1e3:g}k" if t >= 1e3 else f"{t:g}")
     tokens.set_xlabel("tokens seen")
+    if curves["val_bpb"]:
+        # every evaluation reads the same tokens, so bits per byte is the validation loss
+        # times one fixed factor: a second scale on the right reads it off
+        last = max(curves["val_bpb"])
+        ratio = curves["val_bpb"][last] / val_losses[last] if val_losses.get(last) else 1.0
+        bits = ax.secondary_yaxis("right", functions=(lambda n: n * ratio, lambda b: b / ratio))
+        bits.set_ylabel("validation loss in bits per byte")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -516,6 +562,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     val_tokens: object
+    tokenizer: Tokenizer  # its byte_lengths turn losses into bits per byte
     bytes_per_token: float  # of this text: the final evaluation's cap is in bytes
     grad_accum_steps: int  # micro-steps per step, in this process
     first_step: int
@@ -543,15 +590,23 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         make_log_dir(cfg.log_dir)
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads, processes)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, resumed)
+    model, brought = build_model(cfg, resumed)
     if cfg.T > model.config.block_size:
         raise UsageError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}: lower --T")
-    model.to(device)
     if not processes.main:
         processes.barrier()  # wait while the first process tokenizes, then read the entry it cached
-    train_tokens, val_tokens, tokens_note = load_splits(cfg, model.config.vocab_size)
+    train_tokens, val_tokens, loaded = load_splits(cfg, brought)
     if processes.main:
         processes.barrier()
+    tok = loaded.tokenizer
+    if brought is None and tok.name == "bpe" and padded_vocab(tok.n_vocab) != model.config.vocab_size:
+        torch.manual_seed(cfg.seed)  # the BPE learned fewer tokens than vocab_size: fewer rows
+        model = GPT(dataclasses.replace(model_shape(cfg), vocab_size=padded_vocab(tok.n_vocab)))
+    if loaded.max_token >= model.config.vocab_size:
+        raise UsageError(f"{cfg.input_file} has tokens beyond the model's vocab_size={model.config.vocab_size}")
+    model.to(device)
+    print(f"tokenizer {tok.name} | {tok.n_vocab:,} tokens | {loaded.train_bytes / loaded.n_train:.2f} bytes per token "
+          f"on the training text | {cfg.sample_prompt!r} is {tok.show(cfg.sample_prompt)}")
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
@@ -579,12 +634,11 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         f"chunked loss {'on' if cfg.chunked_loss else 'off'} | optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
         f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps * processes.world_size} | "
-        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | {tokens_note}",
+        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}",
         flush=True,
     )
-    text_bytes = sum(os.path.getsize(path) for path in text_files(cfg.input_file))
     return Run(cfg, processes, device, ctx, model, train_loss, TrainingLoss(model, chunked=cfg.chunked_loss), optimizer,
-               loader, val_tokens, text_bytes / (len(train_tokens) + len(val_tokens)), grad_accum_steps, first_step, val_loss)
+               loader, val_tokens, tok, loaded.text_bytes / len(loaded.tokens), grad_accum_steps, first_step, val_loss)
 
 
 def train(run):
@@ -623,22 +677,24 @@ def train(run):
         with open(log_path, "a") as f:
             f.write(f"{step} train {loss:.6f}\n")
         if (step + 1) % cfg.eval_interval == 0 or last_step:
-            val_loss = evaluate(run.eval_loss, run.val_tokens, cfg, run.device, run.ctx)
+            evaluation = evaluate(run.eval_loss, run.val_tokens, cfg, run.device, run.ctx, run.tokenizer.byte_lengths)
+            val_loss = evaluation.loss
             if not math.isfinite(val_loss):
                 raise diverged(f"the validation loss became {val_loss}", step)
-            print(f"step {step:4d} | val loss {val_loss:.4f}", flush=True)
+            print(f"step {step:4d} | val loss {evaluation}", flush=True)
             with open(log_path, "a") as f:
-                f.write(f"{step} val {val_loss:.4f}\n")
+                f.write(f"{step} val {val_loss:.4f}\n{step} val_bpb {evaluation.bits_per_byte:.4f}\n")
             if plotting:  # turns False, after saying why once, if matplotlib is missing
                 plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), plot_title, cfg.total_batch_size)
-            if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, cfg, run.device, run.ctx)) is not None:
+            if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, run.tokenizer, cfg, run.device, run.ctx)) is not None:
                 print(f"step {step:4d} | sample: {text}", flush=True)
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
         if (step + 1) % cfg.eval_interval == 0 or last_step or stop:
             if not all(torch.isfinite(p).all() for p in run.model.parameters()):
                 raise diverged("the weights stopped being numbers (inf or nan)", step)
-            save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, cfg, run.loader, step + 1, val_loss))
+            save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, cfg, run.loader, step + 1, val_loss,
+                                                             run.tokenizer))
         if stop and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
@@ -663,9 +719,9 @@ def finish(run, interrupt, val_loss, ckpt_path):
         scope, size = describe_windows(starts, len(tokens), cfg.T)
         print(f"final evaluation {scope} ({size})", flush=True)
         started = time.time()
-        final = evaluate_windows(run.eval_loss, tokens, starts, cfg.T, run.device, run.ctx)
+        final = evaluate_windows(run.eval_loss, tokens, starts, cfg.T, run.device, run.ctx, run.tokenizer.byte_lengths)
         last = f", final val loss {val_loss:.4f}" if val_loss is not None else ""
-        print(f"done: checkpoint in {ckpt_path}{last} ({scope}: {final:.4f} over {size}, in {time.time() - started:.1f}s)")
+        print(f"done: checkpoint in {ckpt_path}{last} ({scope}: {final} over {size}, in {time.time() - started:.1f}s)")
         print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
     except Quit as quit:
         print(f"\n{SIGNAL_NAMES[quit.signum]}: the checkpoint {ckpt_path} was saved after the last step; "

@@ -51,6 +51,18 @@ def randomise(model):
     return model
 
 
+def padding_favourite(n_vocab, rows):
+    """A tiny model with `rows` output rows, of which those from n_vocab on, the padding
+    that stands for no text, score far above every token of the tokenizer, at every position."""
+    model = tiny_model(vocab_size=rows)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()  # every position's final state is all ones
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()  # (tied to the embedding: the inputs change too, which does not matter here)
+        model.lm_head.weight[n_vocab:] = 1.0  # logits: n_embd for the padding ids, 0 for the others
+    return model
+
+
 @pytest.fixture(scope="session")
 def hf_dir(tmp_path_factory):
     """A small random transformers.GPT2LMHeadModel in a directory, as save_pretrained writes it."""

@@ -11,7 +11,7 @@ import train
 from checkpoint import export, load_checkpoint, model_from_checkpoint
 from cli import UsageError
 from conftest import randomise, run_script, step_losses, tiny_model, train_run
-from data import get_tokenizer
+from tokenizer import gpt2
 from model import GPT
 
 # the GPT-2 vocabulary padded to 50304, as train.py's models have it, at a tiny size
@@ -23,7 +23,7 @@ def exported(tmp_path_factory):
     """(the model with every parameter random, the directory save_pretrained wrote it to)."""
     model = randomise(tiny_model(seed=1, **PADDED))
     directory = tmp_path_factory.mktemp("export") / "gpt"
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, gpt2())
     return model, str(directory)
 
 
@@ -63,7 +63,7 @@ def test_export_without_biases_computes_the_same(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = randomise(tiny_model(seed=2, bias=False, **PADDED))
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, gpt2())
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     idx = tokens(2)
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_the_exported_tokenizer_is_gpt2s(exported):
 
     tokenizer = AutoTokenizer.from_pretrained(exported[1])
     text = "ROMEO:\nBut soft! What light through yonder window breaks? naïve café"
-    assert tokenizer(text)["input_ids"] == get_tokenizer().encode(text)
+    assert tokenizer(text)["input_ids"] == gpt2().encoding.encode(text)
     assert len(tokenizer) == 50257 and tokenizer.eos_token_id == 50256
 
 
@@ -87,7 +87,7 @@ def test_pipeline_generates_valid_text_never_a_padding_id(tmp_path):
     model = tiny_model(seed=3, **PADDED)
     with torch.no_grad():
         model.transformer.wte.weight[50257:] *= 500  # huge logits for the padding ids
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, gpt2())
     generate = pipeline("text-generation", model=str(tmp_path))
     out = generate("ROMEO:", max_new_tokens=20, do_sample=True, return_tensors=True)
     ids = out[0]["generated_token_ids"]
@@ -193,10 +193,12 @@ def test_our_checkpoint_has_nanogpts_layout(tmp_path, text_file):
 
 def test_plot_is_a_png(tmp_path):
     log = tmp_path / "log.txt"
-    log.write_text("".join(f"{s} train {10 - s * 0.1:.6f}\n" for s in range(20)) + "9 val 9.5\n19 val 8.5\n")
+    log.write_text("".join(f"{s} train {10 - s * 0.1:.6f}\n" for s in range(20)) + "9 val 9.5\n9 val_bpb 4.2\n19 val 8.5\n"
+                   "19 val_bpb 3.76\n")
     assert train.plot_losses(str(log), str(tmp_path / "loss.png"), "a title", 8192)
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert train.read_log(str(log))[1] == {9: 9.5, 19: 8.5}
+    assert train.read_log(str(log))["val"] == {9: 9.5, 19: 8.5}
+    assert train.read_log(str(log))["val_bpb"] == {9: 4.2, 19: 3.76}
 
 
 @pytest.mark.slow

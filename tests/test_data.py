@@ -14,11 +14,29 @@ import data
 import train
 from cli import UsageError
 from conftest import ROOT, run_script, step_losses, train_run
-from data import EOT, DataLoader, get_tokenizer
+from data import DataLoader
+from tokenizer import GPT2_EOT as EOT
+from tokenizer import gpt2
 
 
 def tokens_of(input_file, cache_dir):
     return np.array(data.load_tokens(str(input_file), str(cache_dir))[0]).tolist()
+
+
+def expected_tokens(*paths):
+    """GPT-2's tokens of the files as load_tokens lays them out: the training split, then
+    the validation split (data.split_point), each document tokenized whole by tiktoken,
+    <|endoftext|> between two documents of a split."""
+    paths = [str(path) for path in paths]
+    sizes = [os.path.getsize(path) for path in paths]
+    cut = data.split_point(paths, sizes)
+    tokens = []
+    for start, end in ((0, cut), (cut, sum(sizes))):
+        for i, (path, first, last) in enumerate(data.byte_ranges(paths, sizes, start, end)):
+            with open(path, "rb") as f:
+                document = f.read()[first:last].decode("utf-8")
+            tokens += ([EOT] if i > 0 else []) + gpt2().encoding.encode_ordinary(document)
+    return tokens
 
 
 # ---------------------------------------------------------------------------
@@ -41,14 +59,12 @@ def test_pieces_give_the_tokens_of_the_whole(tmp_path, monkeypatch, piece_bytes)
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
     monkeypatch.setattr(data, "PIECE_BYTES", piece_bytes)
-    assert tokens_of(path, tmp_path) == get_tokenizer().encode_ordinary(text)
+    assert tokens_of(path, tmp_path) == expected_tokens(path)
 
 
 def test_the_whole_shakespeare_in_small_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "PIECE_BYTES", 10_000)
-    with open(os.path.join(ROOT, "input"), encoding="utf-8") as f:
-        whole = get_tokenizer().encode_ordinary(f.read())
-    assert tokens_of(os.path.join(ROOT, "input"), tmp_path) == whole
+    assert tokens_of(os.path.join(ROOT, "input"), tmp_path) == expected_tokens(os.path.join(ROOT, "input"))
 
 
 def test_safe_cuts():
@@ -69,18 +85,20 @@ def write(path, text):
 
 
 def test_a_directory_of_files_in_sorted_order(tmp_path):
-    enc = get_tokenizer()
-    write(tmp_path / "books" / "b.txt", "Second book.")
-    write(tmp_path / "books" / "a.txt", "First book.")
-    write(tmp_path / "books" / "more" / "c.txt", "Third, in a folder.")
+    enc = gpt2().encoding
+    write(tmp_path / "books" / "b.txt", "Second book.\n")
+    write(tmp_path / "books" / "a.txt", "First book.\n")
+    write(tmp_path / "books" / "more" / "c.txt", "Third, in a folder.\nIts last line.\n")
     write(tmp_path / "books" / "notes.md", "not a .txt file: left out")
-    expected = enc.encode("First book.") + [EOT] + enc.encode("Second book.") + [EOT] + enc.encode("Third, in a folder.")
+    # validation starts after the first line break at 90% of the bytes: "Its last line.\n"
+    expected = (enc.encode("First book.\n") + [EOT] + enc.encode("Second book.\n") + [EOT]
+                + enc.encode("Third, in a folder.\n") + enc.encode("Its last line.\n"))
     assert tokens_of(tmp_path / "books", tmp_path) == expected
     assert data.text_files(str(tmp_path / "books" / "*.txt")) == [str(tmp_path / "books" / n) for n in ("a.txt", "b.txt")]
 
 
 def test_a_glob(tmp_path):
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     write(tmp_path / "x1.txt", "one")
     write(tmp_path / "x2.txt", "two")
     assert tokens_of(tmp_path / "x?.txt", tmp_path) == enc.encode("one") + [EOT] + enc.encode("two")
@@ -127,10 +145,10 @@ def test_a_second_run_reads_the_cache_not_the_text(tmp_path, monkeypatch):
 
 def test_entries_are_kept_apart_by_files_and_tokenizer(tmp_path, monkeypatch):
     one, two = write(tmp_path / "one.txt", "one"), write(tmp_path / "two.txt", "two")
-    monkeypatch.setitem(data.TOKENIZERS, "other", get_tokenizer)  # a second name for the same tokenizer
-    entries = {data.load_tokens(str(path), str(tmp_path), tokenizer).entry
-               for path in (one, two) for tokenizer in ("gpt2", "other")}
+    entries = {data.load_tokens(str(path), str(tmp_path), tokenizer, 320).entry
+               for path in (one, two) for tokenizer in ("gpt2", "bpe")}
     assert len(entries) == 4
+    assert data.load_tokens(str(one), str(tmp_path), "bpe", 384).entry not in entries  # another vocabulary size
 
 
 def test_a_changed_file_is_tokenized_again_and_the_run_says_so(tmp_path, capsys):
@@ -138,14 +156,14 @@ def test_a_changed_file_is_tokenized_again_and_the_run_says_so(tmp_path, capsys)
     first = tokens_of(text, tmp_path)
     capsys.readouterr()
     text.write_text("Whether 'tis nobler", encoding="utf-8")  # another size
-    assert tokens_of(text, tmp_path) == get_tokenizer().encode("Whether 'tis nobler") != first
+    assert tokens_of(text, tmp_path) == expected_tokens(text) != first
     said = capsys.readouterr().out
     assert f"the token cache {only_entry(tmp_path)} is out of date ({text} changed" in said
     assert "tokenized" in said
     text.write_text("Whether 'tis NOBLER", encoding="utf-8")  # the same size: the time tells
     stat = text.stat()
     os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert tokens_of(text, tmp_path) == get_tokenizer().encode("Whether 'tis NOBLER")
+    assert tokens_of(text, tmp_path) == expected_tokens(text)
     assert "is out of date" in capsys.readouterr().out
     only_entry(tmp_path)  # rebuilt in place: no second entry left behind
 
@@ -155,7 +173,7 @@ def test_interrupted_tokenizing_leaves_no_cache_that_looks_complete(tmp_path, mo
     tokens_of(text, tmp_path)
     write(tmp_path / "t.txt", "Other words. " * 120)
 
-    def interrupted(path, on_bytes_read=None):
+    def interrupted(path, on_bytes_read=None, start=0, end=None):
         yield "Other words."
         raise KeyboardInterrupt
 
@@ -165,7 +183,7 @@ def test_interrupted_tokenizing_leaves_no_cache_that_looks_complete(tmp_path, mo
     entry = only_entry(tmp_path)
     assert not (entry / "tokens.json").exists() and not list(entry.glob("*.tmp"))
     monkeypatch.undo()
-    assert tokens_of(text, tmp_path) == get_tokenizer().encode("Other words. " * 120)
+    assert tokens_of(text, tmp_path) == expected_tokens(text)
 
 
 def tokenize_at_the_same_time(barrier, input_file, cache, results):
@@ -188,7 +206,7 @@ def test_two_runs_tokenizing_the_same_new_text_at_once(tmp_path, text_file):
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0
-    expected = np.array(get_tokenizer().encode_ordinary(text_file.read_text(encoding="utf-8")), dtype=np.uint16)
+    expected = np.array(expected_tokens(text_file), dtype=np.uint16)
     assert sorted(cached for cached, _ in outcomes) == [False, True]  # tokenized once, by one of them
     assert all(tokens == expected.tobytes() for _, tokens in outcomes)
     entry = only_entry(tmp_path / "cache")
@@ -209,10 +227,10 @@ def test_auto_cache_is_the_users_cache_folder(tmp_path, monkeypatch):
 
 def test_start_up_says_whether_the_tokens_were_cached(tmp_path, text_file):
     cfg = train.Config(input_file=str(text_file), data_cache=str(tmp_path / "cache"), B=2, T=32, total_batch_size=64)
-    *_, note = train.load_splits(cfg, 50304)
+    *_, loaded = train.load_splits(cfg, None)
     entry = only_entry(tmp_path / "cache")
-    assert note == f"tokens new: {entry}"
-    assert train.load_splits(cfg, 50304)[2] == f"tokens cached: {entry}"
+    assert loaded.entry == str(entry) and not loaded.cached
+    assert train.load_splits(cfg, None)[2].cached
 
 
 def test_a_cache_that_cannot_be_written_is_refused(tmp_path, text_file):
@@ -233,9 +251,8 @@ def test_training_on_a_directory(tmp_path, text_file):
     assert r.returncode == 0, r.stderr
     assert sorted(step_losses(r.stdout)) == [0, 1]
     # every file was read: the tokens are each file's own, plus an <|endoftext|> between two
-    each = [len(get_tokenizer().encode_ordinary(path.read_text(encoding="utf-8"))) for path in sorted(books.iterdir())]
     n_train, n_val = re.search(r"train/val tokens ([\d,]+)/([\d,]+)", r.stdout).groups()
-    assert int(n_train.replace(",", "")) + int(n_val.replace(",", "")) == sum(each) + 2
+    assert int(n_train.replace(",", "")) + int(n_val.replace(",", "")) == len(expected_tokens(*sorted(books.iterdir())))
     assert "tokens new: " in r.stdout
     again = train_run(tmp_path, books, "--max_steps", 2, "--log_dir", tmp_path / "log2")
     assert again.returncode == 0 and step_losses(again.stdout) == step_losses(r.stdout)
@@ -273,3 +290,58 @@ def test_processes_share_the_batches_of_one(tmp_path):
 @pytest.mark.slow
 def test_help_mentions_directories():
     assert "directory" in run_script("train.py", "--help").stdout
+
+
+# ---------------------------------------------------------------------------
+# The split, defined on the text
+
+
+@pytest.mark.parametrize("text, validation", [
+    ("a" * 89 + "\n" + "b" * 5 + "\n" + "c" * 4, "c" * 4),  # the first line break at or after byte 90 of 100
+    ("a" * 90 + "\n" + "b" * 9, "b" * 9),  # a line break right at the mark stays in training
+    ("a" * 89 + "é" + "b" * 9, "b" * 9),  # no line break after the mark: the next whole character
+    ("a" * 99 + "\n", ""),  # nothing after the last line break: an empty validation split
+], ids=["line break", "at the mark", "no line break", "empty"])
+def test_validation_starts_after_the_first_line_break_at_90_percent(tmp_path, text, validation):
+    path = write(tmp_path / "t.txt", text)
+    cut = data.split_point([str(path)], [os.path.getsize(path)])
+    assert text.encode("utf-8")[cut:].decode("utf-8") == validation
+
+
+def test_the_split_of_several_files_is_the_split_of_their_concatenation(tmp_path):
+    files = [write(tmp_path / "1.txt", "x" * 50), write(tmp_path / "2.txt", "y" * 40 + "\n" + "z" * 9)]
+    paths, sizes = [str(path) for path in files], [50, 50]
+    cut = data.split_point(paths, sizes)
+    assert cut == 91
+    assert data.byte_ranges(paths, sizes, 0, cut) == [(paths[0], 0, 50), (paths[1], 0, 41)]
+    assert data.byte_ranges(paths, sizes, cut, 100) == [(paths[1], 41, 50)]
+
+
+def test_every_tokenizer_validates_on_the_very_same_text(tmp_path, text_file):
+    validation = text_file.read_bytes()[data.split_point([str(text_file)], [os.path.getsize(text_file)]):]
+    for name in ("gpt2", "bpe"):
+        loaded = data.load_tokens(str(text_file), str(tmp_path), name, 512)
+        assert loaded.tokenizer.name == name and loaded.train_bytes + len(validation) == loaded.text_bytes
+        tokens = np.array(loaded.tokens[loaded.n_train:]).tolist()
+        assert b"".join(loaded.tokenizer.token_bytes(t) for t in tokens) == validation  # byte for byte
+
+
+def test_a_bpe_is_trained_on_the_training_split_only_and_kept_in_the_cache(tmp_path, monkeypatch, capsys):
+    text = write(tmp_path / "t.txt", "common words, " * 900 + "\n" + "zyxwvut " * 10)  # the rare word: validation only
+    first = data.load_tokens(str(text), str(tmp_path), "bpe", 320)
+    said = capsys.readouterr().out
+    assert f"trained a byte-level BPE of {first.tokenizer.n_vocab} tokens on the training text" in said
+    assert first.tokenizer.n_vocab <= 320 and len(first.tokenizer.encode(" common")) == 1
+    assert len(first.tokenizer.encode(" zyxwvut")) > 2  # never merged: it was not in the training text
+    monkeypatch.setattr(data.tokenizer, "train_bpe", None)  # a second run must not train again
+    again = data.load_tokens(str(text), str(tmp_path), "bpe", 320)
+    assert again.cached and again.tokenizer.to_dict() == first.tokenizer.to_dict()
+
+
+def test_a_bpe_of_a_large_text_learns_from_its_first_part_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "BPE_TRAINING_BYTES", 1000)
+    monkeypatch.setattr(data, "PIECE_BYTES", 100)  # the text is read, and learned from, 100 bytes at a time
+    text = write(tmp_path / "t.txt", "first part of the text\n" * 200 + "zyxwvut " * 2000 + "\nend\n")
+    loaded = data.load_tokens(str(text), str(tmp_path), "bpe", 320)
+    assert "on the training text (its first 0.001 MB)" in capsys.readouterr().out
+    assert len(loaded.tokenizer.encode(" zyxwvut")) > 2  # later in the training text: never seen, never merged

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import sample
-from conftest import run_script, tiny_model
-from data import get_tokenizer
+from conftest import padding_favourite, run_script, tiny_model
+from tokenizer import gpt2, train_bpe
 from model import keep_top_p, sample_next_token
 
 SHAPES = [
@@ -110,14 +110,14 @@ class Playback:
 
 
 def run_generate(model, stop=None, stop_at_eot=True, max_new_tokens=10):
-    enc = get_tokenizer()
+    tok = gpt2()
     cfg = sample.Config(device="cpu", stop=stop, stop_at_eot=stop_at_eot, max_new_tokens=max_new_tokens)
     prompt = "ROMEO:"
-    return sample.generate(model, enc, enc.encode(prompt), prompt, [None] * len(model.rows), cfg)
+    return sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [None] * len(model.rows), cfg)
 
 
 def test_stops_at_end_of_text():
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     a, b = enc.encode(" Good night"), enc.encode(" Parting is such")
     first = a + [enc.eot_token] + enc.encode(" after")
     second = b + enc.encode(" sweet sorrow")
@@ -131,7 +131,7 @@ def test_stops_at_end_of_text():
 
 
 def test_stops_after_a_stop_string():
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     tokens = enc.encode(" Good night, good night!\n\nJULIET:\nParting")
     texts, n = run_generate(Playback(tokens), stop="\n\n", max_new_tokens=50)
     assert texts == ["ROMEO: Good night, good night!\n\n"]
@@ -141,9 +141,33 @@ def test_stops_after_a_stop_string():
     assert texts == ["ROMEO: soft"]
 
 
-def test_padded_vocabulary_ids_are_no_text():
-    texts, _ = run_generate(Playback([50300, 11]), max_new_tokens=2)
-    assert texts == ["ROMEO:,"]
+@pytest.mark.parametrize("temperature", [1.0, 0])
+def test_padding_ids_are_never_sampled(temperature):
+    model = padding_favourite(n_vocab=100, rows=128)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+
+    def new_tokens(**kwargs):
+        out = model.generate(idx, 20, temperature=temperature, generator=torch.Generator().manual_seed(0), **kwargs)
+        return out[:, 3:]
+
+    assert new_tokens().min() >= 100  # without n_vocab the padding ids win
+    assert new_tokens(n_vocab=100).max() < 100
+
+
+def test_sample_py_never_decodes_a_padding_id_of_a_small_vocabulary():
+    tok = train_bpe(["To be, or not to be, that is the question.\n" * 20], 300)
+    assert tok.n_vocab < 320
+    model = padding_favourite(n_vocab=tok.n_vocab, rows=320)  # its ids, padded to a multiple of 64
+    cfg = sample.Config(device="cpu", stop_at_eot=False, max_new_tokens=20)
+    prompt = "To be"
+    texts, n = sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [torch.Generator().manual_seed(0)], cfg)
+    assert n == 20 and texts[0].startswith(prompt) and len(texts[0]) > len(prompt)  # token_bytes of a padding id would raise
+
+
+def test_endoftext_in_a_prompt_separates_documents():
+    tok = gpt2()
+    assert sample.encode_prompt(tok, "<|endoftext|>") == [tok.eot]
+    assert sample.encode_prompt(tok, "a<|endoftext|>b") == [*tok.encode("a"), tok.eot, *tok.encode("b")]
 
 
 # ---------------------------------------------------------------------------

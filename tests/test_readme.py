@@ -26,6 +26,7 @@ from conftest import ROOT
 from data import DataLoader, text_files
 from model import GPT
 from optimizer import configure_optimizers
+from tokenizer import gpt2
 
 # What a story's folder shares with the repository: the text, and the recipes' flags files
 FROM_THE_REPO = ["input", "recipes"]
@@ -201,7 +202,7 @@ def finished_run(cfg):
     assert cfg.init_from in ("scratch", "resume"), "a fine-tune's shape comes from weights this test cannot fetch"
     model = GPT(train.model_shape(cfg))
     optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, "cpu", cfg.optimizer, cfg.adamw_lr_ratio)
-    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None)
+    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None, gpt2())
 
 
 @pytest.fixture
