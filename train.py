@@ -589,24 +589,8 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
     if processes.main:
         make_log_dir(cfg.log_dir)
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads, processes)
-    torch.manual_seed(cfg.seed)
-    model, brought = build_model(cfg, resumed)
-    if cfg.T > model.config.block_size:
-        raise UsageError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}: lower --T")
-    if not processes.main:
-        processes.barrier()  # wait while the first process tokenizes, then read the entry it cached
-    train_tokens, val_tokens, loaded = load_splits(cfg, brought)
-    if processes.main:
-        processes.barrier()
-    tok = loaded.tokenizer
-    if brought is None and tok.name == "bpe" and padded_vocab(tok.n_vocab) != model.config.vocab_size:
-        torch.manual_seed(cfg.seed)  # the BPE learned fewer tokens than vocab_size: fewer rows
-        model = GPT(dataclasses.replace(model_shape(cfg), vocab_size=padded_vocab(tok.n_vocab)))
-    if loaded.max_token >= model.config.vocab_size:
-        raise UsageError(f"{cfg.input_file} has tokens beyond the model's vocab_size={model.config.vocab_size}")
+    model, train_tokens, val_tokens, loaded = model_and_data(cfg, resumed, processes)
     model.to(device)
-    print(f"tokenizer {tok.name} | {tok.n_vocab:,} tokens | {loaded.train_bytes / loaded.n_train:.2f} bytes per token "
-          f"on the training text | {cfg.sample_prompt!r} is {tok.show(cfg.sample_prompt)}")
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
@@ -633,12 +617,39 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
         f"chunked loss {'on' if cfg.chunked_loss else 'off'} | optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
-        f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | grad accumulation steps {grad_accum_steps * processes.world_size} | "
-        f"world size {processes.world_size} | train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}",
+        f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
+        f"grad accumulation steps {grad_accum_steps * processes.world_size} | world size {processes.world_size} | "
+        f"train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | "
+        f"tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}",
         flush=True,
     )
     return Run(cfg, processes, device, ctx, model, train_loss, TrainingLoss(model, chunked=cfg.chunked_loss), optimizer,
-               loader, val_tokens, tok, loaded.text_bytes / len(loaded.tokens), grad_accum_steps, first_step, val_loss)
+               loader, val_tokens, loaded.tokenizer, loaded.text_bytes / len(loaded.tokens), grad_accum_steps,
+               first_step, val_loss)
+
+
+def model_and_data(cfg, resumed, processes):
+    """(the model, the training and validation tokens, the Tokens they came from). A model
+    from a checkpoint or GPT-2 brings its tokenizer; from scratch, the tokens come first,
+    since a BPE's vocabulary, and so the model's rows, is known only once it is trained."""
+    torch.manual_seed(cfg.seed)
+    model, brought = build_model(cfg, resumed)
+    if cfg.T > model.config.block_size:
+        raise UsageError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}: lower --T")
+    if not processes.main:
+        processes.barrier()  # wait while the first process tokenizes, then read the entry it cached
+    train_tokens, val_tokens, loaded = load_splits(cfg, brought)
+    if processes.main:
+        processes.barrier()
+    tok = loaded.tokenizer
+    if brought is None and tok.name == "bpe" and padded_vocab(tok.n_vocab) != model.config.vocab_size:
+        torch.manual_seed(cfg.seed)  # the BPE learned fewer tokens than vocab_size: fewer rows
+        model = GPT(dataclasses.replace(model_shape(cfg), vocab_size=padded_vocab(tok.n_vocab)))
+    if loaded.max_token >= model.config.vocab_size:
+        raise UsageError(f"{cfg.input_file} has tokens beyond the model's vocab_size={model.config.vocab_size}")
+    print(f"tokenizer {tok.name} | {tok.n_vocab:,} tokens | {loaded.train_bytes / loaded.n_train:.2f} bytes per token "
+          f"on the training text | {cfg.sample_prompt!r} is {tok.show(cfg.sample_prompt)}")
+    return model, train_tokens, val_tokens, loaded
 
 
 def train(run):
