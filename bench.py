@@ -244,6 +244,15 @@ def alternate(names, rounds, run_one):
     return results
 
 
+def start_parent(flags):
+    """(train.py's constants, the device) for a comparison that runs its modes in child
+    processes, after printing the machine it runs on."""
+    cfg = train.Config(**flags)
+    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
+    print_machine(device_type)
+    return cfg, device
+
+
 def print_machine(device_type):
     print(f"cpu: {cpu_name()} | cores {physical_cores()} (logical {os.cpu_count()}) | "
           f"native bf16 {cpu_has_native_bf16()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
@@ -252,9 +261,7 @@ def print_machine(device_type):
 
 
 def bench_training(bench, flags):
-    cfg = train.Config(**flags)
-    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
-    print_machine(device_type)
+    cfg, device = start_parent(flags)
     print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, vocab {cfg.vocab_size} | "
           f"micro-batch B={cfg.B} x T={cfg.T} | {bench.warmup} warm-up + {bench.steps} timed micro-steps "
           f"x {bench.rounds} rounds per mode")
@@ -292,9 +299,7 @@ def bench_optimizers(bench, flags):
     """Whole training steps with AdamW and with Muon, each in its own process, in turn and
     then in reverse: Muon's Newton-Schulz iterations should cost little next to the
     forward and backward passes, on every CPU (they run in the run's own precision)."""
-    cfg = train.Config(**flags)
-    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
-    print_machine(device_type)
+    cfg, _ = start_parent(flags)
     print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd} | {cfg.total_batch_size:,} tokens per "
           f"step in micro-batches of B={cfg.B} x T={cfg.T} | {bench.warmup} warm-up + {bench.steps} timed steps x "
           f"{bench.rounds} rounds per optimizer")
@@ -319,9 +324,7 @@ def bench_tokenizers(bench, flags):
     tokens trained on the text, in turn and then in reverse, in tokens and in bytes of
     text per second: a small vocabulary shrinks the output layer, the largest matrix
     product of a small model, while each token stands for a little less text."""
-    cfg = train.Config(**flags)
-    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
-    print_machine(device_type)
+    cfg, _ = start_parent(flags)
     shapes = {}
     with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(io.StringIO()):  # never the user's cache
         for name in ("gpt2", "bpe"):
