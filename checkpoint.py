@@ -14,9 +14,10 @@ GPT-2 through Hugging Face, and the export of a checkpoint to Hugging Face's for
 
 A checkpoint is a dict: "model" (the state dict), "config" (the GPTConfig as a plain
 dict, so the file explains itself) and, from train.py, what it needs to continue:
-"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state", and
-"tokenizer" (Tokenizer.to_dict(): strings only), so that sampling, fine-tuning and the
-export need neither the text nor the token cache. It also holds "model_args", the same
+"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state",
+"elapsed" and "steps_fixed" (the seconds trained so far, and whether a time budget has
+fixed max_steps yet), and "tokenizer" (Tokenizer.to_dict(): strings only), so that
+sampling, fine-tuning and the export need neither the text nor the token cache. It also holds "model_args", the same
 shape under the name nanoGPT reads, and the state dict has nanoGPT's keys and shapes
 (OpenAI's names, no causal-mask buffer): nanoGPT's sample.py and train.py load it as one
 of their own. nanoGPT has no place for a tokenizer, so its sample.py decodes only a

@@ -149,9 +149,10 @@ class Processes:
         self.main = self.rank == 0  # the one that prints, writes log/ and saves checkpoints
 
     def start(self, device_name):
-        """Join the other processes: gloo between CPUs, nccl between CUDA GPUs."""
+        """Join the other processes: gloo between CPUs; between CUDA GPUs nccl for the
+        gradients, and gloo still for the small CPU tensors of agree() and share()."""
         if self.world_size > 1:
-            backend = "nccl" if pick_device(device_name).startswith("cuda") else "gloo"
+            backend = "cpu:gloo,cuda:nccl" if pick_device(device_name).startswith("cuda") else "gloo"
             torch.distributed.init_process_group(backend=backend)
 
     def wrap(self, module, device):
@@ -179,6 +180,14 @@ class Processes:
         both = torch.tensor([loss, float(stop)], dtype=torch.float64)
         torch.distributed.all_reduce(both)  # summed; gloo has no average
         return both[0].item() / self.world_size, both[1].item() > 0
+
+    def share(self, value):
+        """The first process's value of an int, in every process."""
+        if self.world_size == 1:
+            return value
+        shared = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.broadcast(shared, src=0)
+        return int(shared.item())
 
     def barrier(self):
         if self.world_size > 1:

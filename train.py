@@ -24,6 +24,7 @@ import torch
 
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
+from budget import Clock, check_fits, eval_interval_for, format_minutes, planned_seconds, steps_that_fit, timed_steps
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
@@ -55,6 +56,7 @@ class Config:
     min_lr: Optional[float] = None  # floor of the cosine decay; None means max_lr * 0.1
     warmup_steps: int = 10  # steps of linear warmup from ~0 to max_lr
     max_steps: int = 50  # optimizer steps in the whole run
+    time_budget: float = 0.0  # minutes for the whole command, or 0: off. Instead of max_steps: fixed from the first steps' times
     optimizer: Literal["adamw", "muon"] = "adamw"  # adamw, as GPT-2; muon: Muon for the matrices inside the blocks
     adamw_lr_ratio: float = 1.0  # with muon: the learning rate of what AdamW still trains (embeddings, biases, LayerNorms), as a fraction of max_lr
     weight_decay: float = 0.1  # pulls matrices towards zero each step (AdamW's and, with muon, Muon's); not biases or LayerNorms
@@ -67,6 +69,7 @@ class Config:
     device: str = "auto"  # auto (CUDA, then Intel XPU, then Apple MPS, then CPU), cpu, cuda, cuda:1, xpu, mps
     seed: int = 1337  # seeds the weights' initialisation and dropout
     eval_interval: int = 10  # evaluate and save a checkpoint every this many steps (and at the end)
+    evaluations: int = 6  # with time_budget: evaluations (each with a checkpoint) spread over the run, instead of eval_interval
     eval_steps: int = 10  # validation batches per evaluation, spread evenly over the split (always the same ones)
     eval_sample_tokens: int = 30  # tokens sampled from sample_prompt at each evaluation, on one line; 0: none
     sample_prompt: str = "ROMEO:"  # the text those samples continue
@@ -86,8 +89,8 @@ class Config:
     def check(self):
         """Every constant's value, checked before any work starts: a UsageError names the first bad one."""
         require_at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "total_batch_size",
-                         "B", "T", "max_steps", "eval_interval", "eval_steps")
-        require_at_least(self, 0, "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip", "eval_sample_tokens")
+                         "B", "T", "max_steps", "eval_interval", "evaluations", "eval_steps")
+        require_at_least(self, 0, "time_budget", "warmup_steps", "threads", "min_lr", "weight_decay", "grad_clip", "eval_sample_tokens")
         require(self.max_lr > 0, f"max_lr must be above 0, not {self.max_lr}")
         require(self.adamw_lr_ratio > 0, f"adamw_lr_ratio must be above 0, not {self.adamw_lr_ratio}")
         require(self.optimizer == "muon" or self.adamw_lr_ratio == 1.0,
@@ -99,7 +102,7 @@ class Config:
                 f"merges, and ids that fit the token cache's 16 bits")
         require(self.n_embd % self.n_head == 0,
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}: each head gets n_embd / n_head channels")
-        require(self.warmup_steps <= self.max_steps,
+        require(self.time_budget > 0 or self.warmup_steps <= self.max_steps,
                 f"warmup_steps={self.warmup_steps} is more than max_steps={self.max_steps}: lower --warmup_steps")
         require(self.init_from != "scratch" or self.T <= self.block_size,
                 f"T={self.T} is longer than block_size={self.block_size}: lower --T or raise --block_size")
@@ -289,6 +292,8 @@ def resolve_config(flags):
     """(Config, the checkpoint to resume or None). On resume the constants are
     the defaults < the checkpoint's constants < flags given on the command line."""
     ckpt_path = os.path.join(flags.get("log_dir", Config.log_dir), "ckpt.pt")
+    if flags.get("time_budget", 0) > 0 and "max_steps" in flags:
+        raise UsageError("--time_budget fixes max_steps from the first steps' times: give --time_budget or --max_steps, not both")
     if flags.get("init_from") != "resume":
         cfg = Config(**with_defaults(flags))  # a bad constant is named first
         if os.path.exists(ckpt_path):
@@ -403,9 +408,11 @@ def padded_vocab(n_vocab):
     return -(-n_vocab // 64) * 64
 
 
-def training_state(model, optimizer, cfg, loader, step, val_loss, tokenizer):
+def training_state(model, optimizer, cfg, loader, step, val_loss, tokenizer, elapsed, steps_fixed):
     """Everything a resumed run needs to continue exactly where this one stopped."""
     return {
+        "elapsed": elapsed,  # seconds of training so far, all runs together: log.txt's last column goes on from it
+        "steps_fixed": steps_fixed,  # False while a time budget has not fixed max_steps yet
         "tokenizer": tokenizer.to_dict(),  # so the checkpoint samples, fine-tunes and exports without the text
         "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
         "config": dataclasses.asdict(model.config),
@@ -474,11 +481,14 @@ def diverged(what, step):
                       f"saved after the last good checkpoint")
 
 
+def typical_step(step_times):
+    """The mean step time, leaving out the first step and its one-off warm-up."""
+    return sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
+
+
 def format_eta(step_times, steps_left):
-    """Time left at the typical step time; the first step, with its one-off warm-up, is left out."""
-    typical = sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
-    eta = typical * steps_left
-    return f"{eta // 60:.0f}m{eta % 60:02.0f}s"
+    """Time left at the typical step time."""
+    return format_minutes(typical_step(step_times) * steps_left)
 
 
 # ----------------------------------------------------------------------------
@@ -496,13 +506,17 @@ def trim_log(log_path, first_step):
 
 
 def read_log(log_path):
-    """{kind: {step: value}} from train.py's log.txt, whose lines are `step kind value`:
-    train (the training loss), val (the validation loss) and val_bpb (its bits per byte)."""
-    curves = {"train": {}, "val": {}, "val_bpb": {}}
+    """{kind: {step: value}} from train.py's log.txt, whose lines are `step kind value seconds`:
+    train (the training loss), val (the validation loss) and val_bpb (its bits per byte),
+    and the seconds since the run began when the line was written. The seconds of the
+    train lines are under "seconds" (logs from before they were written have none)."""
+    curves = {"train": {}, "val": {}, "val_bpb": {}, "seconds": {}}
     with open(log_path) as f:
         for line in f:
-            step, kind, value = line.split()
+            step, kind, value, *seconds = line.split()
             curves[kind][int(step)] = float(value)
+            if kind == "train" and seconds:
+                curves["seconds"][int(step)] = float(seconds[0])
     return curves
 
 
@@ -567,9 +581,17 @@ class Run:
     grad_accum_steps: int  # micro-steps per step, in this process
     first_step: int
     val_loss: Optional[float]
+    clock: Clock  # seconds since this process started
+    elapsed_before: float  # seconds of the runs this one resumes
+    steps_fixed: bool  # False while a time budget has yet to fix max_steps
+
+    def elapsed(self):
+        """Seconds of training so far, the runs this one resumes included."""
+        return self.elapsed_before + self.clock.elapsed()
 
 
 def main(argv=None):
+    clock = Clock()  # a time budget counts from the process's start
     # settings, and the machine: one process, or one of several under torchrun
     cfg, resumed = resolve_config(parse_flags(argv))
     processes = Processes()
@@ -578,13 +600,13 @@ def main(argv=None):
     if not processes.main:
         sys.stdout = open(os.devnull, "w")  # only the first process prints
     try:
-        run = set_up(cfg, resumed, processes, grad_accum_steps)
+        run = set_up(cfg, resumed, processes, grad_accum_steps, clock)
         train(run)
     finally:
         processes.close()
 
 
-def set_up(cfg, resumed, processes, grad_accum_steps):
+def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     """The model, the data, the optimizer and the loss to train, ready for the loop."""
     if processes.main:
         make_log_dir(cfg.log_dir)
@@ -612,11 +634,17 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
         print(f"resuming from {os.path.join(cfg.log_dir, 'ckpt.pt')} at step {first_step}")
     elif processes.main and os.path.exists(log_path):
         os.remove(log_path)  # a new run starts a new log
+    steps_fixed = cfg.time_budget == 0 or (resumed is not None and resumed.get("steps_fixed", True))
+    if not steps_fixed:
+        cfg = dataclasses.replace(cfg, max_steps=UNFIXED_STEPS, eval_interval=UNFIXED_STEPS)
+    elif cfg.time_budget > 0:
+        print(f"the time budget fixed max_steps at {cfg.max_steps} when this run began: resuming keeps it")
     shortened = cfg.max_steps < Config.warmup_steps and cfg.warmup_steps == short_warmup(cfg.max_steps)
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
         f"chunked loss {'on' if cfg.chunked_loss else 'off'} | optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
+        f"{budget_note(cfg, steps_fixed)}"
         f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
         f"grad accumulation steps {grad_accum_steps * processes.world_size} | world size {processes.world_size} | "
         f"train/val tokens {len(train_tokens):,}/{len(val_tokens):,} | "
@@ -625,7 +653,14 @@ def set_up(cfg, resumed, processes, grad_accum_steps):
     )
     return Run(cfg, processes, device, ctx, model, train_loss, TrainingLoss(model, chunked=cfg.chunked_loss), optimizer,
                loader, val_tokens, loaded.tokenizer, loaded.text_bytes / len(loaded.tokens), grad_accum_steps,
-               first_step, val_loss)
+               first_step, val_loss, clock, resumed.get("elapsed", 0.0) if resumed else 0.0, steps_fixed)
+
+
+def budget_note(cfg, steps_fixed):
+    """The start-up line's words on the time budget, if it is still to fix the steps."""
+    if steps_fixed:
+        return ""
+    return f"time budget {cfg.time_budget:g} min: max_steps fixed after step {timed_steps(cfg.warmup_steps) - 1} | "
 
 
 def model_and_data(cfg, resumed, processes):
@@ -653,16 +688,19 @@ def model_and_data(cfg, resumed, processes):
 
 
 def train(run):
-    """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint."""
-    cfg, processes = run.cfg, run.processes
-    ckpt_path, log_path = os.path.join(cfg.log_dir, "ckpt.pt"), os.path.join(cfg.log_dir, "log.txt")
+    """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint.
+    With a time budget, the first evaluation and checkpoint come after the timed steps, and
+    fix the step count (fix_steps)."""
+    processes = run.processes
+    ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)
     step_times = []
     plotting = processes.main
-    shape = run.model.config
-    plot_title = f"{run.model.num_params() / 1e6:.1f}M-parameter GPT ({shape.n_layer} layers, {shape.n_embd} wide) on {cfg.input_file}"
     val_loss = run.val_loss
-    for step in range(run.first_step, cfg.max_steps):
+    deciding_at = budget_decision_step(run)
+    step = run.first_step
+    while step < run.cfg.max_steps:
+        cfg = run.cfg  # fix_steps replaces it once, with a time budget
         last_step = step == cfg.max_steps - 1
         step_start = time.time()
         lr = get_lr(step, cfg)
@@ -676,45 +714,137 @@ def train(run):
             torch.cuda.synchronize()  # the GPU works asynchronously: wait for it before timing
         dt = time.time() - step_start
         step_times.append(dt)
+        if deciding_at is not None and step == run.first_step:
+            check_fits(cfg.time_budget, run.clock.elapsed(), 0, "start-up, compiling and the first step")
         print(
             f"step {step:4d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
-            f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {format_eta(step_times, cfg.max_steps - step - 1)}",
+            f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {eta(run, step_times, step)}",
             flush=True,
         )
         if not processes.main:
+            if step == deciding_at:
+                run.cfg = fix_steps(run, step)  # as the first process fixed them
             if stop and not last_step:
                 sys.exit(0)  # the first process saves and says how to continue
+            step += 1
             continue
-        with open(log_path, "a") as f:
-            f.write(f"{step} train {loss:.6f}\n")
-        if (step + 1) % cfg.eval_interval == 0 or last_step:
-            evaluation = evaluate(run.eval_loss, run.val_tokens, cfg, run.device, run.ctx, run.tokenizer.byte_lengths)
-            val_loss = evaluation.loss
-            if not math.isfinite(val_loss):
-                raise diverged(f"the validation loss became {val_loss}", step)
-            print(f"step {step:4d} | val loss {evaluation}", flush=True)
-            with open(log_path, "a") as f:
-                f.write(f"{step} val {val_loss:.4f}\n{step} val_bpb {evaluation.bits_per_byte:.4f}\n")
-            if plotting:  # turns False, after saying why once, if matplotlib is missing
-                plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), plot_title, cfg.total_batch_size)
-            if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, run.tokenizer, cfg, run.device, run.ctx)) is not None:
-                print(f"step {step:4d} | sample: {text}", flush=True)
+        write_log(log_path, step, "train", f"{loss:.6f}", run)
+        evaluating = (step + 1) % cfg.eval_interval == 0 or last_step or step == deciding_at
+        evaluation_start = time.time()
+        if evaluating:
+            val_loss, evaluate_seconds, plotting = evaluate_and_show(run, step, log_path, plotting)
+        if step == deciding_at:  # before the first save: a run refused here leaves no checkpoint behind
+            check_fits(cfg.time_budget, run.clock.elapsed(), final_eval_seconds(run, evaluate_seconds),
+                       f"start-up, compiling, {step + 1 - run.first_step} steps and an evaluation")
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
-        if (step + 1) % cfg.eval_interval == 0 or last_step or stop:
-            if not all(torch.isfinite(p).all() for p in run.model.parameters()):
-                raise diverged("the weights stopped being numbers (inf or nan)", step)
-            save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, cfg, run.loader, step + 1, val_loss,
-                                                             run.tokenizer))
+        if evaluating or stop:
+            save_training_state(run, ckpt_path, step, val_loss, steps_fixed=deciding_at is None)
+        if step == deciding_at:
+            costs = BudgetCosts(typical_step(step_times), time.time() - evaluation_start, evaluate_seconds)
+            run.cfg = fix_steps(run, step, costs)
+            save_training_state(run, ckpt_path, step, val_loss, steps_fixed=True)
+            deciding_at = None
         if stop and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
             # the shell's convention: 130 for SIGINT, 143 for SIGTERM; under torchrun 0, since
             # torchrun reports any other code as a crash
             sys.exit(128 + interrupt.signal if processes.world_size == 1 else 0)
+        step += 1
 
     if processes.main:
         finish(run, interrupt, val_loss, ckpt_path)
+
+
+def evaluate_and_show(run, step, log_path, plotting):
+    """The validation loss, its lines in the output and in log.txt, the loss plot and a
+    sample. Returns (the loss, the seconds the evaluation itself took, whether to keep
+    plotting: False once matplotlib turned out to be missing)."""
+    cfg = run.cfg
+    started = time.time()
+    evaluation = evaluate(run.eval_loss, run.val_tokens, cfg, run.device, run.ctx, run.tokenizer.byte_lengths)
+    evaluate_seconds = time.time() - started
+    if not math.isfinite(evaluation.loss):
+        raise diverged(f"the validation loss became {evaluation.loss}", step)
+    print(f"step {step:4d} | val loss {evaluation}", flush=True)
+    write_log(log_path, step, "val", f"{evaluation.loss:.4f}", run)
+    write_log(log_path, step, "val_bpb", f"{evaluation.bits_per_byte:.4f}", run)
+    if plotting:
+        shape = run.model.config
+        title = f"{run.model.num_params() / 1e6:.1f}M-parameter GPT ({shape.n_layer} layers, {shape.n_embd} wide) on {cfg.input_file}"
+        plotting = plot_losses(log_path, os.path.join(cfg.log_dir, "loss.png"), title, cfg.total_batch_size)
+    if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, run.tokenizer, cfg, run.device, run.ctx)) is not None:
+        print(f"step {step:4d} | sample: {text}", flush=True)
+    return evaluation.loss, evaluate_seconds, plotting
+
+
+def save_training_state(run, ckpt_path, step, val_loss, steps_fixed):
+    """The checkpoint after step, once the weights are checked to still be numbers."""
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise diverged("the weights stopped being numbers (inf or nan)", step)
+    save_checkpoint(ckpt_path, training_state(run.model, run.optimizer, run.cfg, run.loader, step + 1, val_loss,
+                                              run.tokenizer, run.elapsed(), steps_fixed))
+
+
+def write_log(log_path, step, kind, value, run):
+    """One line of log.txt: the step, what was measured, its value, and the seconds since the run began."""
+    with open(log_path, "a") as f:
+        f.write(f"{step} {kind} {value} {run.elapsed():.1f}\n")
+
+
+# ----------------------------------------------------------------------------
+# The time budget: max_steps fixed from the first steps' times (the arithmetic is in budget.py)
+
+UNFIXED_STEPS = 10**9  # max_steps and eval_interval until the budget fixes them: the cosine has not begun
+
+
+class BudgetCosts(NamedTuple):
+    """What the timed start of a run measured, in seconds."""
+
+    step: float  # a typical training step
+    evaluation: float  # an evaluation with its lines, plot, sample and checkpoint
+    evaluate: float  # the validation loss alone, over eval_steps batches
+
+
+def budget_decision_step(run):
+    """The step after which the time budget fixes max_steps, or None when it is fixed already."""
+    if run.steps_fixed:
+        return None
+    return max(timed_steps(run.cfg.warmup_steps), run.first_step + timed_steps(0)) - 1
+
+
+def fix_steps(run, step, costs=None):
+    """The Config with max_steps and eval_interval fixed so that the command ends within
+    its time budget. The first process decides from costs and tells the others."""
+    cfg = run.cfg
+    max_steps = 0
+    if costs is not None:
+        final_seconds = final_eval_seconds(run, costs.evaluate)
+        seconds_left = cfg.time_budget * 60 - run.clock.elapsed() - costs.evaluation  # one more save: the decision's
+        more = steps_that_fit(seconds_left, costs.step, cfg.evaluations, costs.evaluation, final_seconds)
+        max_steps = step + 1 + more
+        end = cfg.time_budget * 60 - seconds_left + planned_seconds(more, costs.step, cfg.evaluations, costs.evaluation, final_seconds)
+        print(f"time budget {cfg.time_budget:g} min: {max_steps} steps of {costs.step:.1f} s, {cfg.evaluations} "
+              f"evaluations of {costs.evaluation:.1f} s and a final one of about {final_seconds:.0f} s; the run should "
+              f"end after {format_minutes(end)}", flush=True)
+    max_steps = run.processes.share(max_steps)
+    return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=eval_interval_for(max_steps, cfg.evaluations))
+
+
+def final_eval_seconds(run, evaluate_seconds):
+    """The final evaluation's time, from that of a periodic one (evaluate_seconds): the
+    same forward passes over more tokens."""
+    cfg = run.cfg
+    starts = final_windows(len(run.val_tokens), cfg.T, int(FINAL_EVAL_BYTES / run.bytes_per_token))
+    return evaluate_seconds * len(starts) * cfg.T / (cfg.eval_steps * cfg.B * cfg.T)
+
+
+def eta(run, step_times, step):
+    """The time left: to the end of the time budget when there is one, else at the typical step time."""
+    if not run.steps_fixed:
+        return format_minutes(run.cfg.time_budget * 60 - run.clock.elapsed())
+    return format_eta(step_times, run.cfg.max_steps - step - 1)
 
 
 def finish(run, interrupt, val_loss, ckpt_path):
@@ -734,6 +864,9 @@ def finish(run, interrupt, val_loss, ckpt_path):
         last = f", final val loss {val_loss:.4f}" if val_loss is not None else ""
         print(f"done: checkpoint in {ckpt_path}{last} ({scope}: {final} over {size}, in {time.time() - started:.1f}s)")
         print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
+        if not run.steps_fixed:
+            print(f"time budget {cfg.time_budget:g} min: the command took {format_minutes(run.clock.elapsed())} "
+                  f"to this line", flush=True)
     except Quit as quit:
         print(f"\n{SIGNAL_NAMES[quit.signum]}: the checkpoint {ckpt_path} was saved after the last step; "
               f"stopped before the final evaluation ended", flush=True)

@@ -2,6 +2,7 @@
 print once, write log/ once, stop together and resume across the two modes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,3 +99,13 @@ def test_a_single_process_checkpoint_resumes_under_torchrun(tmp_path, text_file)
     assert sorted(losses) == list(range(stopped, 12))
     for step, loss in losses.items():
         assert abs(loss - step_losses(full.stdout)[step]) <= 1e-5, step
+
+
+def test_the_first_process_fixes_a_time_budget_for_all(tmp_path, text_file):
+    r = torchrun(text_file, tmp_path / "log", "--time_budget", 0.5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    decisions = re.findall(r"^time budget 0\.5 min: (\d+) steps of ", r.stdout, re.M)
+    assert len(decisions) == 1  # printed once, by the first process
+    fixed = int(decisions[0])
+    assert sorted(step_losses(r.stdout)) == list(range(fixed))  # both processes took exactly those steps
+    assert torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)["step"] == fixed

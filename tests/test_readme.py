@@ -202,7 +202,8 @@ def finished_run(cfg):
     assert cfg.init_from in ("scratch", "resume"), "a fine-tune's shape comes from weights this test cannot fetch"
     model = GPT(train.model_shape(cfg))
     optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, "cpu", cfg.optimizer, cfg.adamw_lr_ratio)
-    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None, gpt2())
+    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None, gpt2(),
+                                elapsed=60.0, steps_fixed=True)
 
 
 @pytest.fixture

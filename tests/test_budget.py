@@ -1,0 +1,163 @@
+"""The time budget: the step count it fixes ends the run within the budget, on a fake clock
+and for real, resumed runs keep it, and budgets too small are refused in one line."""
+
+import math
+import re
+import signal
+import types
+
+import pytest
+import torch
+
+import budget
+import train
+from budget import EXIT_SECONDS, Clock, check_fits, eval_interval_for, steps_that_fit, timed_steps
+from cli import UsageError
+from conftest import assert_refused, signal_when, start_training, train_run
+from speed import Processes
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_steps_that_fit_leaves_room_for_evaluations_final_and_exit():
+    # 1,700 s left: 6 evaluations of 5 s, a final one of 10 s and the exit, then 8 s steps
+    assert steps_that_fit(1700, 8.0, 6, 5.0, 10.0) == math.floor((1700 - 30 - 10 - EXIT_SECONDS) / 8)
+    assert steps_that_fit(10, 8.0, 6, 5.0, 10.0) == 0  # never negative
+
+
+@pytest.mark.parametrize("max_steps, evaluations", [(212, 6), (7, 6), (6, 6), (5, 6), (1000, 10), (1, 3)])
+def test_eval_interval_spreads_at_most_the_evaluations_asked_for(max_steps, evaluations):
+    interval = eval_interval_for(max_steps, evaluations)
+    steps = [s for s in range(max_steps) if (s + 1) % interval == 0 or s == max_steps - 1]
+    assert len(steps) <= evaluations and steps[-1] == max_steps - 1
+    if max_steps >= 10 * evaluations:  # a real run's hundreds of steps: as many as asked, or one fewer
+        assert len(steps) >= evaluations - 1
+
+
+def test_the_warmup_is_timed_whole():
+    assert timed_steps(10) == 10 and timed_steps(0) == timed_steps(1) == budget.MIN_TIMED_STEPS
+
+
+def test_clock_counts_from_the_process_start():
+    age = budget.process_age()
+    assert 0 < age < 10 * 24 * 3600  # pytest itself has been running for a while
+    clock = FakeClock()
+    counted = Clock(now=clock, age=12.0)
+    clock.t += 3.0
+    assert counted.elapsed() == 15.0
+
+
+def fake_run(minutes, clock, evaluations=6, val_tokens=20_000, T=64, B=4, eval_steps=4, warmup_steps=10):
+    """What fix_steps reads from a Run, on a fake clock that started at 0."""
+    cfg = train.Config(time_budget=minutes, evaluations=evaluations, T=T, B=B, block_size=T, eval_steps=eval_steps,
+                       total_batch_size=B * T, warmup_steps=warmup_steps, max_steps=train.UNFIXED_STEPS,
+                       eval_interval=train.UNFIXED_STEPS, device="cpu")
+    return types.SimpleNamespace(cfg=cfg, clock=Clock(now=clock, age=0.0), processes=Processes(),
+                                 val_tokens=torch.zeros(val_tokens, dtype=torch.long), bytes_per_token=3.0)
+
+
+@pytest.mark.parametrize("minutes, start_up, step_seconds, evaluation_seconds",
+                         [(30, 40.0, 7.9, 5.0), (30, 60.0, 16.0, 9.0), (120, 40.0, 7.9, 5.0), (10, 36.0, 2.5, 3.0),
+                          (5, 36.0, 3.9, 4.0), (30, 5.0, 0.05, 0.2)])
+def test_a_run_on_a_quiet_machine_ends_within_its_budget_and_uses_it(minutes, start_up, step_seconds,
+                                                                     evaluation_seconds):
+    """Simulate a whole run on a fake clock, whose steps and evaluations always take what
+    the timed start measured: it ends within the budget and, from 30 minutes on, no earlier
+    than the larger of 95% of it and the budget less two steps."""
+    clock = FakeClock()
+    clock.t = 0.0
+    run = fake_run(minutes, clock)
+    clock.t = start_up
+    decision = timed_steps(run.cfg.warmup_steps) - 1
+    clock.t += (decision + 1) * step_seconds + evaluation_seconds  # the timed steps, the first evaluation and save
+    evaluate_seconds = evaluation_seconds / 2  # the validation loss alone
+    costs = train.BudgetCosts(step_seconds, evaluation_seconds, evaluate_seconds)
+    cfg = train.fix_steps(run, decision, costs)
+    clock.t += evaluation_seconds  # the decision's own save (evaluation_seconds holds one)
+    for step in range(decision + 1, cfg.max_steps):
+        clock.t += step_seconds
+        if (step + 1) % cfg.eval_interval == 0 or step == cfg.max_steps - 1:
+            clock.t += evaluation_seconds
+    clock.t += train.final_eval_seconds(run, evaluate_seconds) + EXIT_SECONDS
+    budget_seconds = minutes * 60
+    assert clock.t <= budget_seconds
+    if minutes >= 30:
+        assert clock.t >= max(0.95 * budget_seconds, budget_seconds - 2 * step_seconds), (clock.t, cfg.max_steps)
+    assert cfg.eval_interval == eval_interval_for(cfg.max_steps, 6)
+
+
+def test_a_budget_that_cannot_hold_what_is_done_and_the_final_evaluation_is_refused():
+    with pytest.raises(UsageError, match=r"--time_budget 1 is too short for this run: the start took 50 s and the "
+                                         r"final evaluation about 20 s more; raise --time_budget to at least 2"):
+        check_fits(1, elapsed=50, final_seconds=20, done="the start")
+    check_fits(1, elapsed=50, final_seconds=5, done="the start")
+
+
+def test_time_budget_and_max_steps_cannot_both_be_given():
+    with pytest.raises(UsageError, match="give --time_budget or --max_steps, not both"):
+        train.resolve_config({"time_budget": 5.0, "max_steps": 100})
+    with pytest.raises(UsageError, match="time_budget must be at least 0"):
+        train.Config(time_budget=-1.0)
+
+
+# ----------------------------------------------------------------------------
+# The real thing, with the tiny model
+
+BUDGET_LINE = re.compile(r"^time budget 0\.5 min: (\d+) steps of ", re.M)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_fixes_its_steps_and_ends_within_the_budget(tmp_path, text_file):
+    r = train_run(tmp_path, text_file, "--time_budget", 0.5, "--warmup_steps", 4, "--evaluations", 3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "time budget 0.5 min: max_steps fixed after step 3" in r.stdout
+    fixed = int(BUDGET_LINE.search(r.stdout).group(1))
+    planned = re.search(r"the run should end after (\d+)m(\d+)s", r.stdout)
+    assert 60 * int(planned.group(1)) + int(planned.group(2)) <= 30  # the plan; the machine may be busy
+    assert re.search(r"time budget 0\.5 min: the command took \d+m\d+s to this line", r.stdout)
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == ckpt["train_config"]["max_steps"] == fixed > 4 and ckpt["steps_fixed"]
+    log = (tmp_path / "log" / "log.txt").read_text().splitlines()
+    val_steps = [int(line.split()[0]) for line in log if " val " in line]
+    assert val_steps[0] == 3 and val_steps[-1] == fixed - 1 and len(val_steps) <= 1 + 3  # the timed one, then 3
+    seconds = [float(line.split()[3]) for line in log]
+    assert seconds == sorted(seconds) and 0 < seconds[-1]  # the last column: seconds since the start
+
+    # resumed, it keeps the fixed step count: nothing left to do
+    again = train_run(tmp_path, text_file, "--time_budget", 0.5, "--init_from", "resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"the time budget fixed max_steps at {fixed} when this run began: resuming keeps it" in again.stdout
+    assert "no steps to take" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_budget_too_small_for_one_step_and_the_final_evaluation_is_refused(tmp_path, text_file):
+    assert_refused(train_run(tmp_path, text_file, "--time_budget", 0.01), "--time_budget 0.01 is too short for this run")
+
+
+@pytest.mark.slow
+def test_time_budget_with_max_steps_is_refused(tmp_path, text_file):
+    assert_refused(train_run(tmp_path, text_file, "--time_budget", 5, "--max_steps", 10), "not both")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_steps_were_fixed_fixes_them_when_resumed(tmp_path, text_file):
+    """Ctrl-C during the timed steps saves a checkpoint whose step count is not fixed yet;
+    the resumed run times its own first steps and fixes it then."""
+    proc = start_training(tmp_path, text_file, tmp_path / "log", "--time_budget", 0.5, "--warmup_steps", 8)
+    out = signal_when(proc, ("step    1 |", signal.SIGINT))
+    assert proc.returncode == 130, out + proc.stderr.read()
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=False)
+    assert not ckpt["steps_fixed"] and ckpt["step"] < 8
+    again = train_run(tmp_path, text_file, "--time_budget", 0.5, "--init_from", "resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    fixed = int(BUDGET_LINE.search(again.stdout).group(1))
+    assert torch.load(tmp_path / "log" / "ckpt.pt", weights_only=False)["step"] == fixed
