@@ -6,8 +6,9 @@ The time budget: how many training steps fit in the minutes a learner gives a ru
 train.py times its first steps (the warmup, whose length is fixed in steps), its first
 evaluation and its first checkpoint. From those it fixes max_steps, and the learning-rate
 schedule with it, so that the steps left, the evaluations spread over them and the final
-evaluation end within the budget, counted from the moment the process started. The
-arithmetic lives here, on a clock that tests can replace.
+evaluation end within the budget, counted from the moment the process started. A
+machine's speed drifts, so at each later evaluation it measures again and moves the last
+step if it must. The arithmetic lives here, on a clock that tests can replace.
 """
 
 import math
@@ -78,6 +79,11 @@ def eval_interval_for(max_steps, evaluations):
     """The interval that spreads at most `evaluations` evaluations over max_steps steps,
     the last of them at the last step."""
     return max(1, math.ceil(max_steps / evaluations))
+
+
+def evaluations_after(step, max_steps, eval_interval):
+    """How many evaluations are still to come after step: every eval_interval steps, and at the last."""
+    return sum(1 for later in range(step + 1, max_steps) if (later + 1) % eval_interval == 0 or later == max_steps - 1)
 
 
 def format_minutes(seconds):

@@ -87,10 +87,11 @@ def from_nanogpt(ckpt):
     return {"model": state, "config": shape, "kind": f"a nanoGPT checkpoint{iters}"}
 
 
-def model_from_checkpoint(ckpt, dropout=None):
-    """The GPT whose shape and weights the checkpoint holds; dropout, if given, replaces
-    the checkpoint's (it is not part of the shape)."""
-    config = ckpt["config"] if dropout is None else {**ckpt["config"], "dropout": dropout}
+def model_from_checkpoint(ckpt, dropout=None, attn_dropout=None):
+    """The GPT whose shape and weights the checkpoint holds; dropout and attn_dropout, if
+    given, replace the checkpoint's (they are not part of the shape)."""
+    given = {"dropout": dropout, "attn_dropout": attn_dropout}
+    config = {**ckpt["config"], **{name: value for name, value in given.items() if value is not None}}
     try:
         model = GPT(GPTConfig(**config))
         model.load_state_dict(ckpt["model"])
@@ -138,24 +139,25 @@ def check_tokenizer(given, source, ckpt=None):
 # OpenAI's GPT-2, from a directory, the Hugging Face cache or the hub
 
 
-def load_pretrained(name_or_path, dropout=0.0):
+def load_pretrained(name_or_path, dropout=0.0, attn_dropout=True):
     """GPT.from_pretrained(name_or_path), downloading only when the hub can be reached,
     so that an offline machine gets a clear message in seconds instead of a minute of
     retries."""
+    regularisation = {"dropout": dropout, "attn_dropout": attn_dropout}
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # keep the learner's screen for the samples
     hf_logging.disable_progress_bar()
     if os.path.isdir(name_or_path):
         try:
-            return GPT.from_pretrained(name_or_path, dropout=dropout)
+            return GPT.from_pretrained(name_or_path, **regularisation)
         except Exception as e:  # no config.json, a config with wrong types, weights that do not fit...
             raise UsageError(f"{name_or_path} is not a Hugging Face GPT-2 directory ({describe_error(e)}): "
                              f"pass one that save_pretrained or `python checkpoint.py` wrote") from None
     if name_or_path not in PRETRAINED:
         raise UsageError(f"{name_or_path!r} is neither a directory nor one of {', '.join(PRETRAINED)}")
     try:
-        return GPT.from_pretrained(name_or_path, local_files_only=True, dropout=dropout)
+        return GPT.from_pretrained(name_or_path, local_files_only=True, **regularisation)
     except OSError:
         pass  # not in the cache yet
     if not hub_reachable():
@@ -165,7 +167,7 @@ def load_pretrained(name_or_path, dropout=0.0):
             f"GPT2LMHeadModel.from_pretrained('{name_or_path}').save_pretrained('{name_or_path}-local')\" "
             f"and pass the directory {name_or_path}-local instead."
         )
-    return GPT.from_pretrained(name_or_path, dropout=dropout)
+    return GPT.from_pretrained(name_or_path, **regularisation)
 
 
 def hub_reachable(timeout=3.0):

@@ -32,6 +32,7 @@ class GPTConfig:
     n_head: int = 12  # attention heads per block
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # 0.0 for pretraining; try 0.1+ when fine-tuning on little data
+    attn_dropout: bool = True  # dropout on the attention weights too, as GPT-2; False keeps the CPU's fused attention kernel
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
 
 
@@ -50,7 +51,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
-        self.dropout = config.dropout
+        # dropout on the attention weights: on a CPU it needs the (T, T) matrix, which the fused kernel never stores
+        self.attn_dropout = config.dropout if config.attn_dropout else 0.0
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
@@ -66,7 +68,7 @@ class CausalSelfAttention(nn.Module):
         # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
         # A single new token (T == 1) may look at every cached position: no mask.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=T > 1, dropout_p=self.attn_dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -184,13 +186,13 @@ class GPT(nn.Module):
         """A GPT with OpenAI's GPT-2 weights, through Hugging Face transformers: one of
         the four names in PRETRAINED (downloaded once into the Hugging Face cache;
         local_files_only=True never downloads) or a local directory holding a GPT-2
-        model saved with save_pretrained. Only `dropout` may be overridden; the shape
-        comes from the weights."""
+        model saved with save_pretrained. Only `dropout` and `attn_dropout` may be
+        overridden; the shape comes from the weights."""
         from transformers import GPT2LMHeadModel
 
-        unknown = set(overrides) - {"dropout"}
+        unknown = set(overrides) - {"dropout", "attn_dropout"}
         if unknown:
-            raise ValueError(f"from_pretrained can only override dropout, not {sorted(unknown)}")
+            raise ValueError(f"from_pretrained can only override dropout and attn_dropout, not {sorted(unknown)}")
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=local_files_only)
         hf_config = hf_model.config
         config = GPTConfig(
@@ -218,7 +220,8 @@ class GPT(nn.Module):
         eot = tokenizer.eot  # <|endoftext|> begins and ends a document
         hf_config = GPT2Config(
             vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=eot, eos_token_id=eot,
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout if c.attn_dropout else 0.0,
+            bos_token_id=eot, eos_token_id=eot,
         )
         hf_model = GPT2LMHeadModel(hf_config)
         hf_model.load_state_dict(our_to_hf_state_dict(self.state_dict(), hf_model.state_dict()))

@@ -24,7 +24,8 @@ import torch
 
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
-from budget import Clock, check_fits, eval_interval_for, format_minutes, planned_seconds, steps_that_fit, timed_steps
+from budget import (Clock, check_fits, eval_interval_for, evaluations_after, format_minutes, planned_seconds, steps_that_fit,
+                    timed_steps)
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
@@ -46,6 +47,7 @@ class Config:
     tokenizer: Literal["gpt2", "bpe"] = "gpt2"  # gpt2: GPT-2's 50,257 tokens; bpe: a byte-level BPE trained on your training text
     vocab_size: int = 50304  # the model's output rows: GPT-2's 50,257 tokens padded to a multiple of 64; with bpe, the tokens to learn (4096 when not given)
     dropout: float = 0.0  # fraction of activations zeroed in training; 0.0 for short runs
+    attn_dropout: bool = True  # dropout on the attention weights too, as GPT-2; False: only elsewhere, which keeps the fused attention kernel
     bias: bool = True  # biases in Linear and LayerNorm layers
     # the batch: one optimizer step sees total_batch_size tokens, B x T at a time
     total_batch_size: int = 8192  # tokens per optimizer step
@@ -346,7 +348,7 @@ def short_warmup(max_steps):
 
 # what resuming needs from a checkpoint, and the constants that fix a model's shape
 RESUME_KEYS = {"model", "config", "optimizer", "step", "val_loss", "train_config", "data_position", "rng_state"}
-SHAPE_KEYS = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"]
+SHAPE_KEYS = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("dropout", "attn_dropout")]
 
 
 def make_log_dir(log_dir):
@@ -376,17 +378,17 @@ def build_model(cfg, resumed):
     (resumed), from another checkpoint file (this project's or nanoGPT's) or from
     pretrained GPT-2, which bring their tokenizer; or from scratch, which brings none (None)."""
     if resumed is not None:
-        return model_from_checkpoint(resumed, dropout=cfg.dropout), checkpoint_tokenizer(resumed)
+        return model_from_checkpoint(resumed, cfg.dropout, cfg.attn_dropout), checkpoint_tokenizer(resumed)
     if cfg.init_from == "scratch":
         return GPT(model_shape(cfg)), None
     if cfg.init_from.endswith(".pt") and not os.path.exists(cfg.init_from):
         raise UsageError(f"no checkpoint at {cfg.init_from}: check the path given to --init_from")
     if os.path.isfile(cfg.init_from):
         ckpt = load_checkpoint(cfg.init_from)
-        model, tok = model_from_checkpoint(ckpt, dropout=cfg.dropout), checkpoint_tokenizer(ckpt)
+        model, tok = model_from_checkpoint(ckpt, cfg.dropout, cfg.attn_dropout), checkpoint_tokenizer(ckpt)
         print(f"fine-tuning {cfg.init_from}: {ckpt['kind']}, {tok.name} tokenizer")
     else:
-        model, tok = load_pretrained(cfg.init_from, dropout=cfg.dropout), gpt2()
+        model, tok = load_pretrained(cfg.init_from, cfg.dropout, cfg.attn_dropout), gpt2()
     changed = [f"{k}={v} (was {getattr(cfg, k)})" for k, v in dataclasses.asdict(model.config).items() if getattr(cfg, k) != v]
     if changed:
         print(f"{cfg.init_from} brings its own shape: {', '.join(changed)}")
@@ -416,7 +418,7 @@ def training_state(model, optimizer, cfg, loader, step, val_loss, tokenizer, ela
         "tokenizer": tokenizer.to_dict(),  # so the checkpoint samples, fine-tunes and exports without the text
         "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
         "config": dataclasses.asdict(model.config),
-        "model_args": dataclasses.asdict(model.config),  # the same, under the name nanoGPT reads
+        "model_args": nanogpt_model_args(model.config),  # the same, under the name nanoGPT reads
         "optimizer": optimizer.state_dict(),
         "step": step,  # steps done: a resumed run starts here
         "val_loss": val_loss,
@@ -424,6 +426,11 @@ def training_state(model, optimizer, cfg, loader, step, val_loss, tokenizer, ela
         "data_position": loader.position,
         "rng_state": torch.get_rng_state(),
     }
+
+
+def nanogpt_model_args(config):
+    """The GPTConfig as nanoGPT's GPTConfig takes it: without attn_dropout, which it lacks."""
+    return {name: value for name, value in dataclasses.asdict(config).items() if name != "attn_dropout"}
 
 
 class Interrupt:
@@ -520,9 +527,8 @@ def read_log(log_path):
     return curves
 
 
-def plot_losses(log_path, png_path, title, tokens_per_step):
-    """Draw the training loss of every step and the validation loss at its steps into
-    png_path. Returns False, after saying so once, when matplotlib cannot be imported."""
+def pyplot():
+    """matplotlib.pyplot, drawing to files; None, after saying so, when it cannot be imported."""
     try:
         import matplotlib
 
@@ -530,6 +536,15 @@ def plot_losses(log_path, png_path, title, tokens_per_step):
         import matplotlib.pyplot as plt
     except ImportError as e:
         print(f"no loss plot: matplotlib cannot be imported ({e}); training goes on (pip install matplotlib)")
+        return None
+    return plt
+
+
+def plot_losses(log_path, png_path, title, tokens_per_step):
+    """Draw the training loss of every step and the validation loss at its steps into
+    png_path. Returns False, after saying so, when matplotlib cannot be imported."""
+    plt = pyplot()
+    if plt is None:
         return False
     curves = read_log(log_path)
     train_losses, val_losses = curves["train"], curves["val"]
@@ -694,8 +709,8 @@ def train(run):
     processes = run.processes
     ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)
-    step_times = []
-    plotting = processes.main
+    step_times, save_seconds = [], 0.0
+    plotting = processes.main and pyplot() is not None  # imported now, so that no evaluation's time holds it
     val_loss = run.val_loss
     deciding_at = budget_decision_step(run)
     step = run.first_step
@@ -721,25 +736,35 @@ def train(run):
             f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {eta(run, step_times, step)}",
             flush=True,
         )
+        evaluating = (step + 1) % cfg.eval_interval == 0 or last_step or step == deciding_at
+        adjusting = not run.steps_fixed and evaluating and not last_step and step != deciding_at
         if not processes.main:
             if step == deciding_at:
                 run.cfg = fix_steps(run, step)  # as the first process fixed them
+            elif adjusting:
+                run.cfg = adjust_steps(run, step)
             if stop and not last_step:
                 sys.exit(0)  # the first process saves and says how to continue
             step += 1
             continue
         write_log(log_path, step, "train", f"{loss:.6f}", run)
-        evaluating = (step + 1) % cfg.eval_interval == 0 or last_step or step == deciding_at
         evaluation_start = time.time()
         if evaluating:
             val_loss, evaluate_seconds, plotting = evaluate_and_show(run, step, log_path, plotting)
         if step == deciding_at:  # before the first save: a run refused here leaves no checkpoint behind
             check_fits(cfg.time_budget, run.clock.elapsed(), final_eval_seconds(run, evaluate_seconds),
                        f"start-up, compiling, {step + 1 - run.first_step} steps and an evaluation")
+        if adjusting:  # before the save, so that the checkpoint holds the count the run goes on with
+            recent = step_times[-cfg.eval_interval:]
+            evaluation_seconds = time.time() - evaluation_start + save_seconds
+            costs = BudgetCosts(sum(recent) / len(recent), evaluation_seconds, evaluate_seconds)
+            run.cfg = adjust_steps(run, step, costs, extra_seconds=save_seconds)
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
         if evaluating or stop:
+            save_start = time.time()
             save_training_state(run, ckpt_path, step, val_loss, steps_fixed=deciding_at is None)
+            save_seconds = time.time() - save_start
         if step == deciding_at:
             costs = BudgetCosts(typical_step(step_times), time.time() - evaluation_start, evaluate_seconds)
             run.cfg = fix_steps(run, step, costs)
@@ -816,20 +841,45 @@ def budget_decision_step(run):
 
 def fix_steps(run, step, costs=None):
     """The Config with max_steps and eval_interval fixed so that the command ends within
-    its time budget. The first process decides from costs and tells the others."""
+    its time budget, after the timed steps. The first process decides from costs and
+    tells the others."""
     cfg = run.cfg
     max_steps = 0
-    if costs is not None:
-        final_seconds = final_eval_seconds(run, costs.evaluate)
-        seconds_left = cfg.time_budget * 60 - run.clock.elapsed() - costs.evaluation  # one more save: the decision's
-        more = steps_that_fit(seconds_left, costs.step, cfg.evaluations, costs.evaluation, final_seconds)
-        max_steps = step + 1 + more
-        end = cfg.time_budget * 60 - seconds_left + planned_seconds(more, costs.step, cfg.evaluations, costs.evaluation, final_seconds)
+    if costs is not None:  # the decision's own checkpoint comes next: one more save
+        max_steps, end = steps_for_budget(run, step, costs, cfg.evaluations, extra_seconds=costs.evaluation)
         print(f"time budget {cfg.time_budget:g} min: {max_steps} steps of {costs.step:.1f} s, {cfg.evaluations} "
-              f"evaluations of {costs.evaluation:.1f} s and a final one of about {final_seconds:.0f} s; the run should "
-              f"end after {format_minutes(end)}", flush=True)
+              f"evaluations of {costs.evaluation:.1f} s and a final one of about "
+              f"{final_eval_seconds(run, costs.evaluate):.0f} s; the run should end after {format_minutes(end)}",
+              flush=True)
     max_steps = run.processes.share(max_steps)
     return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=eval_interval_for(max_steps, cfg.evaluations))
+
+
+def adjust_steps(run, step, costs=None, extra_seconds=0.0):
+    """The Config with max_steps moved at an evaluation, when the steps have become slower
+    or faster since it was fixed (a machine's speed drifts), so that the run still ends
+    within its budget: the cosine then ends at the new last step, and the evaluations keep
+    their interval. extra_seconds: the save still to come at this step. The first process
+    decides from costs and tells the others."""
+    cfg = run.cfg
+    max_steps = cfg.max_steps
+    if costs is not None:
+        left = evaluations_after(step, cfg.max_steps, cfg.eval_interval)
+        max_steps, end = steps_for_budget(run, step, costs, left, extra_seconds)
+        if max_steps != cfg.max_steps:
+            print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
+                  f"instead of {cfg.max_steps}; the run should end after {format_minutes(end)}", flush=True)
+    return dataclasses.replace(cfg, max_steps=run.processes.share(max_steps))
+
+
+def steps_for_budget(run, step, costs, evaluations, extra_seconds=0.0):
+    """(max_steps, the planned end in seconds from the start): as many steps after `step`
+    as fit in what is left of the budget, with `evaluations` evaluations, the final one
+    and extra_seconds of other work."""
+    final_seconds = final_eval_seconds(run, costs.evaluate)
+    now = run.clock.elapsed() + extra_seconds
+    more = steps_that_fit(run.cfg.time_budget * 60 - now, costs.step, evaluations, costs.evaluation, final_seconds)
+    return step + 1 + more, now + planned_seconds(more, costs.step, evaluations, costs.evaluation, final_seconds)
 
 
 def final_eval_seconds(run, evaluate_seconds):

@@ -135,6 +135,13 @@ TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32
 STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
 
 
+def budget_step_count(stdout):
+    """The step count a --time_budget run's output fixed, as it last moved it if it did."""
+    moved = re.findall(r"^time budget [\d.]+ min: steps now take [\d.]+ s, so (\d+) steps instead of", stdout, re.M)
+    fixed = re.findall(r"^time budget [\d.]+ min: (\d+) steps of ", stdout, re.M)
+    return int((moved or fixed)[-1])
+
+
 @pytest.fixture
 def text_file(tmp_path):
     """About 20k tokens of Shakespeare, enough for a tiny model's batches."""

@@ -52,7 +52,8 @@ def test_hugging_face_shift_convention(hf_dir):
 
 def test_from_pretrained_overrides_dropout_only(hf_dir):
     assert GPT.from_pretrained(hf_dir, dropout=0.2).config.dropout == 0.2
-    with pytest.raises(ValueError, match="only override dropout"):
+    assert GPT.from_pretrained(hf_dir, attn_dropout=False).config.attn_dropout is False
+    with pytest.raises(ValueError, match="only override dropout and attn_dropout"):
         GPT.from_pretrained(hf_dir, n_layer=3)
 
 
@@ -139,6 +140,20 @@ def test_dropout_only_in_training():
         model.train()
         c = model(idx, idx)[0]
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("attn_dropout", [True, False])
+def test_attn_dropout_false_drops_nothing_inside_attention(attn_dropout):
+    """With attn_dropout=False, attention in training gives what it gives in evaluation,
+    before the dropout on its output (the residual stream), which stays."""
+    attention = tiny_model(dropout=0.5, attn_dropout=attn_dropout).transformer.h[0].attn
+    attention.resid_dropout = torch.nn.Identity()  # leave only the attention weights' dropout
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        evaluated = attention(x)
+        attention.train()
+        trained = attention(x)
+    assert torch.allclose(trained, evaluated, atol=1e-6) == (not attn_dropout)
 
 
 # ---------------------------------------------------------------------------
