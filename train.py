@@ -295,7 +295,8 @@ def resolve_config(flags):
     the defaults < the checkpoint's constants < flags given on the command line."""
     ckpt_path = os.path.join(flags.get("log_dir", Config.log_dir), "ckpt.pt")
     if flags.get("time_budget", 0) > 0 and "max_steps" in flags:
-        raise UsageError("--time_budget fixes max_steps from the first steps' times: give --time_budget or --max_steps, not both")
+        raise UsageError("--time_budget fixes max_steps from the first steps' times: give --time_budget or --max_steps, "
+                         "not both (--time_budget 0 turns a recipe's budget off)")
     if flags.get("init_from") != "resume":
         cfg = Config(**with_defaults(flags))  # a bad constant is named first
         if os.path.exists(ckpt_path):
@@ -704,8 +705,8 @@ def model_and_data(cfg, resumed, processes):
 
 def train(run):
     """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint.
-    With a time budget, the first evaluation and checkpoint come after the timed steps, and
-    fix the step count (fix_steps)."""
+    With a time budget, the first evaluation and checkpoint come after the timed steps and
+    fix the step count (fix_steps); each later evaluation may move it (adjust_steps)."""
     processes = run.processes
     ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)

@@ -130,9 +130,12 @@ def test_a_budget_that_cannot_hold_what_is_done_and_the_final_evaluation_is_refu
     check_fits(1, elapsed=50, final_seconds=5, done="the start")
 
 
-def test_time_budget_and_max_steps_cannot_both_be_given():
+def test_time_budget_and_max_steps_cannot_both_be_given(tmp_path):
     with pytest.raises(UsageError, match="give --time_budget or --max_steps, not both"):
         train.resolve_config({"time_budget": 5.0, "max_steps": 100})
+    # a recipe's budget turned off, to run it for a number of steps
+    cfg, _ = train.resolve_config({"time_budget": 0.0, "max_steps": 100, "log_dir": str(tmp_path)})
+    assert cfg.max_steps == 100 and cfg.time_budget == 0
     with pytest.raises(UsageError, match="time_budget must be at least 0"):
         train.Config(time_budget=-1.0)
 

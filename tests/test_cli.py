@@ -104,6 +104,11 @@ def test_each_recipe_is_a_valid_flags_file_that_says_why():
         assert flag_lines, f"{recipe.name} sets no flags"
         for line in flag_lines:
             assert "#" in line, f"{recipe.name}: say why this value was chosen: {line}"
-        cfg = train.Config(**train.parse_flags([f"@{recipe}"]))
+        flags = train.parse_flags([f"@{recipe}"])
+        cfg = train.Config(**flags)
         log_dirs.add(cfg.log_dir)
+        # a budget in minutes on the learner's own clock, not a step count
+        assert cfg.time_budget == {"10min.txt": 10, "30min.txt": 30, "2h.txt": 120}[recipe.name]
+        assert "max_steps" not in flags and "eval_interval" not in flags
+        assert "reference" not in recipe.read_text()
     assert len(log_dirs) == len(recipes)  # each recipe writes its own checkpoint, none overwrites another's
