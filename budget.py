@@ -88,5 +88,5 @@ def evaluations_after(step, max_steps, eval_interval):
 
 def format_minutes(seconds):
     """Seconds as 12m05s, for the start-up lines and the countdown."""
-    seconds = max(0.0, seconds)
-    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    seconds = max(0, round(seconds))  # rounded first: 59.6 s is 1m00s, not 0m60s
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -42,6 +42,10 @@ def test_eval_interval_spreads_at_most_the_evaluations_asked_for(max_steps, eval
         assert len(steps) >= evaluations - 1
 
 
+def test_minutes_are_written_as_a_clock_would():
+    assert [budget.format_minutes(s) for s in (0, 59.4, 59.6, 1799.7, -3)] == ["0m00s", "0m59s", "1m00s", "30m00s", "0m00s"]
+
+
 def test_the_warmup_is_timed_whole():
     assert timed_steps(10) == 10 and timed_steps(0) == timed_steps(1) == budget.MIN_TIMED_STEPS
 
