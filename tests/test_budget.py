@@ -29,7 +29,7 @@ class FakeClock:
 
 def test_steps_that_fit_leaves_room_for_evaluations_final_and_exit():
     # 1,700 s left: 6 evaluations of 5 s, a final one of 10 s and the exit, then 8 s steps
-    assert steps_that_fit(1700, 8.0, 6, 5.0, 10.0) == math.floor((1700 - 30 - 10 - EXIT_SECONDS) / 8)
+    assert steps_that_fit(1700, 8.0, 6, 5.0, 10.0) == math.floor((1700 - 30 - 10 - EXIT_SECONDS) / 8 - 0.5)
     assert steps_that_fit(10, 8.0, 6, 5.0, 10.0) == 0  # never negative
 
 
