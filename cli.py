@@ -7,6 +7,7 @@ The command line, shared by train.py, sample.py and bench.py.
     RunFailure      a run that cannot go on: one line on stderr, exit code 1
     run_main        runs a script's main() and turns either into that one line
                     (SHOW_TRACEBACK=1 shows the traceback instead)
+    pyplot          matplotlib for drawing into files, or one line on what is missed without it
 
 Booleans have one spelling everywhere: `--flag True` or `--flag False` (also 1/0,
 yes/no, and `--flag` alone for True); three-way settings add `auto`.
@@ -216,3 +217,17 @@ def field_comments(config_class):
         elif token.type == tokenize.COMMENT and first_name.get(line) in names:
             comments[first_name[line]] = token.string.lstrip("#").strip()
     return comments
+
+
+def pyplot(without):
+    """matplotlib.pyplot, drawing to files; None when it cannot be imported, after saying
+    so in one line that begins with `without`: what the run does without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # draw to a file; no window, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"{without}: matplotlib cannot be imported ({e}); pip install matplotlib")
+        return None
+    return plt

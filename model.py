@@ -8,6 +8,7 @@ A GPT-2 language model in one file, written to be read top to bottom.
                          (save_pretrained), generation
     PRETRAINED           the shapes of OpenAI's four GPT-2 models
     KVCache, sample_next_token        what generation needs: the cache, the sampling rule
+                         (the distribution, then the draw)
 
 Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
 so state dicts move between this file, nanoGPT and Hugging Face without renaming.
@@ -53,6 +54,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         # dropout on the attention weights: on a CPU it needs the (T, T) matrix, which the fused kernel never stores
         self.attn_dropout = config.dropout if config.attn_dropout else 0.0
+        # Explaining a sample (explain.py) wants to see the attention weights, which the
+        # fused kernel never stores. It turns keep_weights on; the layer then computes
+        # them explicitly and keeps the last ones in self.weights (B, nh, T, past + T).
+        self.keep_weights = False
+        self.weights = None
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
@@ -64,14 +70,26 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             assert kv_cache.length == 0 or T == 1, "with a cache: the prompt at once, then one token at a time"
             k, v = kv_cache.append(k, v)  # every position so far: (B, nh, past + T, hs)
-        # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
-        # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
-        # A single new token (T == 1) may look at every cached position: no mask.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=T > 1, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if self.keep_weights:
+            y = self.attend_explicitly(q, k, v, dropout_p)  # (B, nh, T, hs)
+        else:
+            # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
+            # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
+            # A single new token (T == 1) may look at every cached position: no mask.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def attend_explicitly(self, q, k, v, dropout_p):
+        """The same attention as the fused kernel, one step at a time, keeping the weights.
+        q (B, nh, T, hs) are the newest T positions; k, v (B, nh, S, hs) all S so far."""
+        T, S = q.size(-2), k.size(-2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+        # query i is position S - T + i: it sees keys 0..S - T + i, never a later one
+        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
+        self.weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)  # each row sums to 1
+        return F.dropout(self.weights, dropout_p) @ v  # (B, nh, T, hs)
 
 
 class MLP(nn.Module):
@@ -240,9 +258,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True, n_vocab=None):
+                        generator=None, use_cache=True, n_vocab=None, on_distribution=None):
         """Yield the next token of every row of idx (B, T), as a (B, 1) tensor, max_new_tokens
-        times. See sample_next_token for temperature, top_k, top_p and generator.
+        times. See next_token_distribution and draw_token for temperature, top_k, top_p and
+        generator; on_distribution, if given, is called with each step's distribution
+        (B, n_vocab) before its draw.
         n_vocab: how many ids the tokenizer has (None: as many as the model has rows); the
         rows beyond them only pad the vocabulary, stand for no text and are never picked.
         With the cache, only the newest token goes through the model at each step.
@@ -257,7 +277,10 @@ class GPT(nn.Module):
             else:  # the first step, or no cache, or a full one
                 cache = self.new_kv_cache() if use_cache else None
                 logits, _ = self(idx[:, -block_size:], kv_cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :n_vocab], temperature, top_k, top_p, generator)  # (B, 1)
+            probs = next_token_distribution(logits[:, -1, :n_vocab], temperature, top_k, top_p)  # (B, n_vocab)
+            if on_distribution is not None:
+                on_distribution(probs)
+            idx_next = draw_token(probs, temperature, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
 
@@ -352,16 +375,21 @@ class KVCache:
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token id per row of logits (B, vocab_size), as (B, 1).
-    temperature=0 picks the most likely token (greedy); otherwise the logits are
-    divided by the temperature (below 1: safer, above 1: wilder), top_k keeps only
-    the k most likely tokens, top_p only the most likely ones that together reach
-    probability p. generator: a seeded torch.Generator gives the same tokens every
-    time; a list of them, one per row, makes each row's draw its own, so a sample
-    comes out the same alone or in a batch."""
+    """One token id per row of logits (B, vocab_size), as (B, 1): the draw from the
+    distribution. See next_token_distribution and draw_token."""
+    return draw_token(next_token_distribution(logits, temperature, top_k, top_p), temperature, generator)
+
+
+def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None):
+    """The probabilities (B, vocab_size), in float32, that the next token is drawn from.
+    The logits are divided by the temperature (below 1: safer, above 1: wilder), top_k
+    keeps only the k most likely tokens, top_p only the most likely ones that together
+    reach probability p. temperature=0 is greedy: there is nothing to draw from, and
+    this is the plain softmax, whose most likely token draw_token picks."""
+    logits = logits.float()
     if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+        return F.softmax(logits, dim=-1)
+    logits = logits / temperature
     if top_k is not None:
         k = min(top_k, logits.size(-1))
         kth_best = torch.topk(logits, k).values[:, [-1]]  # (B, 1)
@@ -369,6 +397,16 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     probs = F.softmax(logits, dim=-1)  # (B, vocab_size)
     if top_p is not None and top_p < 1.0:
         probs = keep_top_p(probs, top_p)
+    return probs
+
+
+def draw_token(probs, temperature=1.0, generator=None):
+    """One token id per row of probs (B, vocab_size), as (B, 1): the most likely at
+    temperature 0, else a random draw. generator: a seeded torch.Generator gives the
+    same tokens every time; a list of them, one per row, makes each row's draw its own,
+    so a sample comes out the same alone or in a batch."""
+    if temperature == 0:
+        return probs.argmax(dim=-1, keepdim=True)
     if isinstance(generator, (list, tuple)):
         return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)])
     return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -4,6 +4,7 @@ Generate text from a trained checkpoint or from OpenAI's GPT-2.
     python sample.py --prompt "ROMEO:"                       # from log/ckpt.pt (train.py writes it)
     python sample.py --init_from gpt2 --prompt "Hello, I'm"  # from pretrained GPT-2
     python sample.py --prompt FILE:prompt.txt --stream       # the prompt from a file, text as it comes
+    python sample.py --prompt "ROMEO:" --explain             # and why the model wrote what it wrote
 
 Edit the constants in Config, or pass them as flags (`python sample.py --help`).
 """
@@ -17,6 +18,7 @@ from typing import Literal, Optional
 
 import torch
 
+import explain
 import tokenizer
 from checkpoint import checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint
 from cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
@@ -47,6 +49,9 @@ class Config:
     device: str = "auto"  # auto (CUDA, then Intel XPU, then Apple MPS, then CPU), cpu, cuda, xpu, mps
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where the hardware has native bf16 (faster), else float32
     kv_cache: bool = True  # keep each token's keys and values; False recomputes the whole context for every token (slow; to compare)
+    # see inside
+    explain: bool = False  # then explain the first sample: each token's probability, rank and entropy, a logit lens, a picture of the attention
+    explain_png: str = os.path.join("log", "explain.png")  # where --explain draws the attention of every block and head
 
     def __post_init__(self):
         check_fields(self)  # each value has its constant's type, whether it came from a flag or from code
@@ -113,6 +118,7 @@ class Sample:
         self.tok, self.stop, self.prompt_length = tok, stop, len(prompt)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = prompt
+        self.tokens = []  # every token drawn for it, up to the one that ended it
         self.done = False
 
     def add(self, token):
@@ -140,20 +146,23 @@ class Sample:
         return self.text[: max(self.prompt_length, len(self.text) - len(self.stop) + 1)]
 
 
-def generate(model, tok, prompt_ids, prompt, generators, cfg, on_token=None):
+def generate(model, tok, prompt_ids, prompt, generators, cfg, on_token=None, on_distribution=None):
     """Samples generated together, one row per generator, until each one stops or has
-    max_new_tokens; returns their texts and the number of tokens generated.
-    on_token(sample) is called whenever a sample grows."""
+    max_new_tokens; returns them (Sample) and the number of tokens generated.
+    on_token(sample) is called whenever a sample grows, on_distribution(probs) with
+    the (n, n_vocab) distributions each step draws from."""
     idx = torch.tensor(prompt_ids, dtype=torch.long, device=cfg.device).repeat(len(generators), 1)  # (n, T)
     samples = [Sample(tok, prompt, cfg.stop) for _ in generators]
     steps = model.generate_stream(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache, n_vocab=tok.n_vocab)
+                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache, n_vocab=tok.n_vocab,
+                                  on_distribution=on_distribution)
     n_tokens = 0
     for next_tokens in steps:  # (n, 1)
         n_tokens += len(samples)
         for sample, token in zip(samples, next_tokens[:, 0].tolist()):
             if sample.done:
                 continue
+            sample.tokens.append(token)
             if token == tok.eot and cfg.stop_at_eot:
                 sample.finish()
             else:
@@ -164,7 +173,7 @@ def generate(model, tok, prompt_ids, prompt, generators, cfg, on_token=None):
             break
     for sample in samples:
         sample.finish()
-    return [sample.text for sample in samples], n_tokens
+    return samples, n_tokens
 
 
 class Printer:
@@ -197,20 +206,25 @@ def main(argv=None):
 
     # one random stream per sample, seeded seed + i: a sample is the same alone, in a batch or streamed
     generators = [torch.Generator(device=cfg.device).manual_seed(cfg.seed + i) for i in range(cfg.num_samples)]
+    distributions = []  # with --explain: the one each token of the first sample was drawn from, (n_vocab,) each
+    record = (lambda probs: distributions.append(probs[0].cpu())) if cfg.explain else None
     started = time.time()
     if cfg.stream:  # one sample after the other, each printed as it grows
-        n_tokens = 0
+        samples, n_tokens = [], 0
         for i, generator in enumerate(generators):
             printer = Printer(i + 1)
-            (text,), n = generate(model, tok, prompt_ids, prompt, [generator], cfg, on_token=printer)
-            print(text[printer.shown :] + "\n")
+            (sample,), n = generate(model, tok, prompt_ids, prompt, [generator], cfg, printer, record if i == 0 else None)
+            print(sample.text[printer.shown :] + "\n")
+            samples.append(sample)
             n_tokens += n
     else:  # all samples together in one batch
-        texts, n_tokens = generate(model, tok, prompt_ids, prompt, generators, cfg)
-        for i, text in enumerate(texts):
-            print(f"{i + 1}> {text}\n")
+        samples, n_tokens = generate(model, tok, prompt_ids, prompt, generators, cfg, on_distribution=record)
+        for i, sample in enumerate(samples):
+            print(f"{i + 1}> {sample.text}\n")
     seconds = time.time() - started
     print(f"generated {n_tokens} tokens in {seconds:.2f}s: {n_tokens / seconds:.1f} tokens/sec", file=sys.stderr)
+    if cfg.explain:
+        explain.explain(model, tok, prompt_ids, samples[0].tokens, distributions, cfg)
 
 
 if __name__ == "__main__":

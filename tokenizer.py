@@ -69,16 +69,21 @@ class Tokenizer:
         return data.decode("utf-8", errors="replace")
 
     def show(self, text):
-        """text cut into its tokens, each in [brackets], a newline as \\n; a token that is
-        only a part of a character shows its bytes: [<e4 b8>]."""
-        parts = []
-        for token in self.encode(text).tolist():
-            data = self.token_bytes(token)
-            try:
-                parts.append(data.decode("utf-8").replace("\n", "\\n"))
-            except UnicodeDecodeError:
-                parts.append("<" + " ".join(f"{byte:02x}" for byte in data) + ">")
-        return "".join(f"[{part}]" for part in parts)
+        """text cut into its tokens, each labelled as label() does: [ROMEO][:]."""
+        return "".join(self.label(token) for token in self.encode(text).tolist())
+
+    def label(self, token):
+        """One token in [brackets], so that its ends and any spaces show; a newline as \\n and
+        any other character that prints as nothing as Python writes it (\\t, \\x05); a token
+        that is only a part of a character shows its bytes: [<e4 b8>]."""
+        if token == self.eot:
+            return EOT_TEXT
+        data = self.token_bytes(token)
+        try:
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in data.decode("utf-8"))
+        except UnicodeDecodeError:
+            text = "<" + " ".join(f"{byte:02x}" for byte in data) + ">"
+        return f"[{text}]"
 
     @functools.cached_property
     def byte_lengths(self):

@@ -26,7 +26,7 @@ from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, 
                         save_checkpoint)
 from budget import (Clock, check_fits, eval_interval_for, evaluations_after, format_minutes, planned_seconds, steps_that_fit,
                     timed_steps)
-from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
+from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
 from optimizer import configure_optimizers, describe_optimizer
@@ -528,23 +528,10 @@ def read_log(log_path):
     return curves
 
 
-def pyplot():
-    """matplotlib.pyplot, drawing to files; None, after saying so, when it cannot be imported."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # draw to a file; no window, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        print(f"no loss plot: matplotlib cannot be imported ({e}); training goes on (pip install matplotlib)")
-        return None
-    return plt
-
-
 def plot_losses(log_path, png_path, title, tokens_per_step):
     """Draw the training loss of every step and the validation loss at its steps into
     png_path. Returns False, after saying so, when matplotlib cannot be imported."""
-    plt = pyplot()
+    plt = pyplot("no loss plot")
     if plt is None:
         return False
     curves = read_log(log_path)
@@ -711,7 +698,7 @@ def train(run):
     ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)
     step_times, save_seconds = [], 0.0
-    plotting = processes.main and pyplot() is not None  # imported now, so that no evaluation's time holds it
+    plotting = processes.main and pyplot("no loss plot") is not None  # imported now, so that no evaluation's time holds it
     val_loss = run.val_loss
     deciding_at = budget_decision_step(run)
     step = run.first_step

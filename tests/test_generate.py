@@ -113,7 +113,8 @@ def run_generate(model, stop=None, stop_at_eot=True, max_new_tokens=10):
     tok = gpt2()
     cfg = sample.Config(device="cpu", stop=stop, stop_at_eot=stop_at_eot, max_new_tokens=max_new_tokens)
     prompt = "ROMEO:"
-    return sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [None] * len(model.rows), cfg)
+    samples, n_tokens = sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [None] * len(model.rows), cfg)
+    return [s.text for s in samples], n_tokens
 
 
 def test_stops_at_end_of_text():
@@ -160,8 +161,8 @@ def test_sample_py_never_decodes_a_padding_id_of_a_small_vocabulary():
     model = padding_favourite(n_vocab=tok.n_vocab, rows=320)  # its ids, padded to a multiple of 64
     cfg = sample.Config(device="cpu", stop_at_eot=False, max_new_tokens=20)
     prompt = "To be"
-    texts, n = sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [torch.Generator().manual_seed(0)], cfg)
-    assert n == 20 and texts[0].startswith(prompt) and len(texts[0]) > len(prompt)  # token_bytes of a padding id would raise
+    (first,), n = sample.generate(model, tok, sample.encode_prompt(tok, prompt), prompt, [torch.Generator().manual_seed(0)], cfg)
+    assert n == 20 and first.text.startswith(prompt) and len(first.text) > len(prompt)  # token_bytes of a padding id would raise
 
 
 def test_endoftext_in_a_prompt_separates_documents():
