@@ -1,6 +1,6 @@
 """
 Where the model runs and how fast: every switch that changes the speed, and none that
-changes the model. README's Performance section measures each one.
+changes the model. docs/performance.md measures each one.
 
     pick_device       auto: CUDA, then Intel XPU, then Apple MPS, then the CPU
     check_device      a device name this machine has, or a one-line error
@@ -304,7 +304,7 @@ def chunked_cross_entropy(x, weight, targets, chunk_size=256):
 
 # Rows of logits per chunk without autograd: small enough that a chunk's logits stay in
 # the CPU's cache between the matrix product that writes them and the softmax that reads
-# them, large enough for an efficient product (measured on Zen 5; README's Performance)
+# them, large enough for an efficient product (measured on Zen 5; docs/performance.md)
 EVAL_CHUNK_ROWS = 128
 
 

@@ -76,7 +76,7 @@ class Config:
     eval_sample_tokens: int = 30  # tokens sampled from sample_prompt at each evaluation, on one line; 0: none
     sample_prompt: str = "ROMEO:"  # the text those samples continue
     init_from: str = "scratch"  # scratch, resume (log_dir/ckpt.pt), a GPT-2 name, a Hugging Face directory, or a checkpoint file to fine-tune
-    # speed (README's Performance section); each one can be turned off
+    # speed (docs/performance.md); each one can be turned off
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 autocast where the hardware has native bf16 matmuls, else float32
     compile: AutoBool = "auto"  # auto: torch.compile on CUDA and on CPUs with a C++ compiler; True or False to force
     chunked_loss: bool = True  # compute the loss in chunks instead of materialising all the logits

@@ -1,7 +1,7 @@
 """README's commands, checked the way a learner meets them.
 
 Every `python train.py ...`, `python sample.py ...` and `torchrun ...` line in a code block
-of README.md, and of each markdown page README.md links to, goes through the checks its
+of README.md, of every page in docs/ and of each markdown page README.md links to, goes through the checks its
 script makes before any work starts: the flags parse; the constants pass Config.check();
 train.py's checkpoint rules hold (no new run over an existing log_dir/ckpt.pt, no resume
 without one); torchrun's process count shares out the micro-batches; the text, a prompt
@@ -34,6 +34,7 @@ FROM_THE_REPO = ["input", "recipes"]
 EXAMPLE_FILES = {
     "my-flags.txt": "--n_layer 4\n--n_head 4\n--n_embd 256  # a smaller model\n",
     "prompt.txt": "ROMEO:\nBut soft, what light through yonder window breaks?\n",
+    "my-text.txt": "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n" * 40,
 }
 # Commands a page shows in order to demonstrate an error, and the error each must give
 REFUSALS = {
@@ -259,12 +260,48 @@ def test_sampling_needs_a_checkpoint_first(story):
     assert "no checkpoint at log/ckpt.pt" in story.check(shlex.split('python sample.py --prompt "ROMEO:"'))
 
 
-@pytest.mark.parametrize("page", ["README.md", *linked_pages("README.md")])
+def pages():
+    """README.md, every page in docs/, and the other pages README.md links to."""
+    docs = sorted(os.path.join("docs", name) for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md"))
+    return list(dict.fromkeys(["README.md", *docs, *linked_pages("README.md")]))
+
+
+def test_readme_links_to_every_page_of_docs():
+    unlinked = set(pages()) - set(linked_pages("README.md")) - {"README.md", os.path.join("docs", "README.md")}
+    assert not unlinked, f"README.md never links to {sorted(unlinked)}"
+
+
+@pytest.mark.parametrize("page", pages())
 def test_the_pages_commands_run_in_order(page, story):
     with open(os.path.join(ROOT, page), encoding="utf-8") as f:
         commands = find_commands(f.read())
-    assert commands, f"{page} has no train.py, sample.py or torchrun command in a code block"
+    assert commands or page != "README.md", "README.md has no train.py, sample.py or torchrun command in a code block"
     failures = [f"{page}:{line}: {text}\n    {problem}" for line, text, words in commands
                 if (problem := story.check(words)) is not None]
     if failures:
         pytest.fail("commands that would not run where they stand:\n" + "\n".join(failures), pytrace=False)
+
+
+def test_every_picture_a_page_shows_exists():
+    for page in pages():
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            pictures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", f.read())
+        for picture in pictures:
+            assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), picture)), f"{page} shows {picture}, which is missing"
+
+
+def test_docs_draw_draws_the_schedule_and_the_recipes_curves(tmp_path):
+    import importlib.util
+
+    from cli import pyplot
+
+    spec = importlib.util.spec_from_file_location("draw", os.path.join(ROOT, "docs", "draw.py"))
+    draw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(draw)
+    plt = pyplot("no pictures")
+    for drawing in (draw.draw_schedule, draw.draw_recipes):
+        path = tmp_path / f"{drawing.__name__}.png"
+        drawing(plt, str(path))
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    minutes, bpb = draw.validation_by_minute(os.path.join(ROOT, "docs", "runs", "30min-zen5.log.txt"))
+    assert len(minutes) == len(bpb) >= 6 and max(minutes) <= 30 and bpb[-1] < bpb[0]
