@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cli import pyplot
+from cli import UsageError, describe_error, pyplot
 
 TOP = 5  # most likely tokens shown per row
 
@@ -180,9 +180,13 @@ def draw_attention(tok, window, n_prompt, attention, choices, path):
     grid.suptitle(f"Attention over the last {T} tokens: row = the token looking, column = the token looked at "
                   f"(white lines: where the generated text begins)", fontsize=10)
     draw_probabilities(strip, tok, choices, width)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise UsageError(f"cannot write the picture to {path} ({describe_error(e)}): give another --explain_png") from None
+    finally:
+        plt.close(fig)
     print(f"\nThe attention of every block and head, and each token's probability: {path}")
 
 

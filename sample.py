@@ -63,6 +63,7 @@ class Config:
         require_at_least(self, 0, "max_new_tokens", "temperature", "top_k")
         require(0 < self.top_p <= 1, f"top_p must be above 0 and at most 1, not {self.top_p}")
         require(self.stop != "", "stop is empty: give the string that ends a sample, or leave --stop out")
+        require(self.explain_png.lower().endswith(".png"), f"explain_png must name a .png file, not {self.explain_png!r}")
         check_device(self.device)
 
 

@@ -131,6 +131,18 @@ def test_without_matplotlib_the_tables_still_print(tok, capsys, tmp_path, monkey
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_picture_that_cannot_be_written_is_refused(tok, tmp_path):
+    from cli import UsageError
+
+    with pytest.raises(UsageError, match="must name a .png file"):
+        sample.Config(explain_png=str(tmp_path / "x.jpg"))
+    (tmp_path / "file").write_text("not a folder")
+    model = small_model(tok)
+    cfg, prompt_ids, tokens, distributions = sample_recorded(model, tok, explain_png=str(tmp_path / "file" / "x.png"))
+    with pytest.raises(UsageError, match="cannot write the picture to .*give another --explain_png"):
+        explain.explain(model, tok, prompt_ids, tokens, distributions, cfg)
+
+
 # ---------------------------------------------------------------------------
 # sample.py --explain end to end
 
