@@ -24,8 +24,8 @@ import torch
 
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
-from budget import (Clock, check_fits, eval_interval_for, evaluations_after, format_minutes, planned_seconds, steps_that_fit,
-                    timed_steps)
+from budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluations_after, format_minutes,
+                    planned_seconds, steps_that_fit, timed_steps)
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
@@ -824,7 +824,8 @@ def budget_decision_step(run):
     """The step after which the time budget fixes max_steps, or None when it is fixed already."""
     if run.steps_fixed:
         return None
-    return max(timed_steps(run.cfg.warmup_steps), run.first_step + timed_steps(0)) - 1
+    # the warmup from step 0; a run resumed before the decision times a few steps of its own
+    return max(timed_steps(run.cfg.warmup_steps), run.first_step + MIN_TIMED_STEPS) - 1
 
 
 def fix_steps(run, step, costs=None):
