@@ -194,10 +194,7 @@ class Processes:
             torch.distributed.barrier()
 
     def close(self):
-        """Leave together: a process that tore its connections down while another still
-        worked could abort in gloo ("terminate called without an active exception")."""
         if self.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 

@@ -605,6 +605,9 @@ def main(argv=None):
     try:
         run = set_up(cfg, resumed, processes, grad_accum_steps, clock)
         train(run)
+        # leave together, and only after a run that did not fail (a failed process may never
+        # come): one that closed while another still worked could abort in gloo
+        processes.barrier()
     finally:
         processes.close()
 
@@ -732,7 +735,7 @@ def train(run):
             elif adjusting:
                 run.cfg = adjust_steps(run, step)
             if stop and not last_step:
-                sys.exit(0)  # the first process saves and says how to continue
+                return  # the first process saves and says how to continue
             step += 1
             continue
         write_log(log_path, step, "train", f"{loss:.6f}", run)
@@ -761,9 +764,9 @@ def train(run):
         if stop and not last_step:
             log_flag = f" --log_dir {cfg.log_dir}" if cfg.log_dir != Config.log_dir else ""
             print(f"saved {ckpt_path} after step {step}; continue with: python train.py --init_from resume{log_flag}")
-            # the shell's convention: 130 for SIGINT, 143 for SIGTERM; under torchrun 0, since
-            # torchrun reports any other code as a crash
-            sys.exit(128 + interrupt.signal if processes.world_size == 1 else 0)
+            if processes.world_size == 1:
+                sys.exit(128 + interrupt.signal)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+            return  # under torchrun, exit code 0: torchrun reports any other code as a crash
         step += 1
 
     if processes.main:
