@@ -77,15 +77,22 @@ def planned_seconds(steps, step_seconds, evaluations, evaluation_seconds, final_
     return steps * step_seconds + evaluations * evaluation_seconds + final_seconds + EXIT_SECONDS
 
 
-def eval_interval_for(max_steps, evaluations):
-    """The interval that spreads at most `evaluations` evaluations over max_steps steps,
-    the last of them at the last step."""
-    return max(1, math.ceil(max_steps / evaluations))
+def eval_interval_for(steps, evaluations):
+    """The interval that spreads at most `evaluations` evaluations over `steps` steps,
+    counted back from the last of them, which always has one."""
+    return max(1, math.ceil(steps / evaluations))
+
+
+def evaluates_at(step, max_steps, eval_interval):
+    """Whether a budgeted run evaluates after step: every eval_interval steps, counted back
+    from the last step, so that when the budget moves the last step, a new interval can
+    spread the evaluations still to come over the steps still to come."""
+    return (max_steps - 1 - step) % eval_interval == 0
 
 
 def evaluations_after(step, max_steps, eval_interval):
-    """How many evaluations are still to come after step: every eval_interval steps, and at the last."""
-    return sum(1 for later in range(step + 1, max_steps) if (later + 1) % eval_interval == 0 or later == max_steps - 1)
+    """How many evaluations a budgeted run has still to come after step, the last step's among them."""
+    return max(0, math.ceil((max_steps - 1 - step) / eval_interval))
 
 
 def format_minutes(seconds):

@@ -24,8 +24,8 @@ import torch
 
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
-from budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluations_after, format_minutes,
-                    planned_seconds, steps_that_fit, timed_steps)
+from budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after,
+                    format_minutes, planned_seconds, steps_that_fit, timed_steps)
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
@@ -727,7 +727,7 @@ def train(run):
             f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {eta(run, step_times, step)}",
             flush=True,
         )
-        evaluating = (step + 1) % cfg.eval_interval == 0 or last_step or step == deciding_at
+        evaluating = evaluates_after(step, cfg) or step == deciding_at
         adjusting = not run.steps_fixed and evaluating and not last_step and step != deciding_at
         if not processes.main:
             if step == deciding_at:
@@ -771,6 +771,14 @@ def train(run):
 
     if processes.main:
         finish(run, interrupt, val_loss, ckpt_path)
+
+
+def evaluates_after(step, cfg):
+    """Whether an evaluation and a checkpoint follow step: every eval_interval steps and at
+    the last. A time budget counts them back from the last step, which it may move."""
+    if cfg.time_budget > 0:
+        return evaluates_at(step, cfg.max_steps, cfg.eval_interval)
+    return (step + 1) % cfg.eval_interval == 0 or step == cfg.max_steps - 1
 
 
 def evaluate_and_show(run, step, log_path, plotting):
@@ -844,24 +852,28 @@ def fix_steps(run, step, costs=None):
               f"{final_eval_seconds(run, costs.evaluate):.0f} s; the run should end after {format_minutes(end)}",
               flush=True)
     max_steps = run.processes.share(max_steps)
-    return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=eval_interval_for(max_steps, cfg.evaluations))
+    interval = eval_interval_for(max_steps - 1 - step, cfg.evaluations)  # over the steps after this one
+    return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=interval)
 
 
 def adjust_steps(run, step, costs=None, extra_seconds=0.0):
     """The Config with max_steps moved at an evaluation, when the steps have become slower
     or faster since it was fixed (a machine's speed drifts), so that the run still ends
-    within its budget: the cosine then ends at the new last step, and the evaluations keep
-    their interval. extra_seconds: the save still to come at this step. The first process
-    decides from costs and tells the others."""
+    within its budget: the cosine then ends at the new last step, and the evaluations
+    still to come are spread over the steps still to come. extra_seconds: the save still
+    to come at this step. The first process decides from costs and tells the others."""
     cfg = run.cfg
-    max_steps = cfg.max_steps
+    left = max(1, evaluations_after(step, cfg.max_steps, cfg.eval_interval))
+    max_steps, end = cfg.max_steps, None
     if costs is not None:
-        left = evaluations_after(step, cfg.max_steps, cfg.eval_interval)
         max_steps, end = steps_for_budget(run, step, costs, left, extra_seconds)
-        if max_steps != cfg.max_steps:
-            print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
-                  f"instead of {cfg.max_steps}; the run should end after {format_minutes(end)}", flush=True)
-    return dataclasses.replace(cfg, max_steps=run.processes.share(max_steps))
+    max_steps = run.processes.share(max_steps)
+    interval = eval_interval_for(max_steps - 1 - step, left)
+    if end is not None and max_steps != cfg.max_steps:
+        print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
+              f"instead of {cfg.max_steps}, evaluating every {interval}; the run should end after "
+              f"{format_minutes(end)}", flush=True)
+    return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=interval)
 
 
 def steps_for_budget(run, step, costs, evaluations, extra_seconds=0.0):
