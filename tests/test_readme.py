@@ -9,11 +9,15 @@ file and a checkpoint to sample from exist. Nothing trains. Each page is a story
 in order in a folder laid out like the repository, where a training command leaves its
 checkpoint behind for the commands after it."""
 
+import ast
 import contextlib
+import glob
+import importlib.metadata
 import io
 import os
 import re
 import shlex
+import sys
 
 import pytest
 import torch.distributed.run as torchrun
@@ -280,6 +284,56 @@ def test_the_pages_commands_run_in_order(page, story):
                 if (problem := story.check(words)) is not None]
     if failures:
         pytest.fail("commands that would not run where they stand:\n" + "\n".join(failures), pytrace=False)
+
+
+def heading_anchors(page):
+    """The #anchors GitHub gives a page's headings: lower case, without punctuation, spaces
+    as hyphens, and -1, -2 after a heading seen before. Code blocks hold no headings."""
+    anchors, seen, in_block = set(), {}, False
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        for line in f:
+            in_block ^= line.startswith("```")
+            if in_block or not (heading := re.match(r"#{1,6} (.+)", line)):
+                continue
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_every_link_and_anchor_a_page_gives_leads_somewhere():
+    broken = []
+    for page in pages():
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            links = re.findall(r"\]\(([^)\s]+)\)", f.read())
+        for link in links:
+            if re.match(r"[a-z]+:", link):  # https: and the like: not checked offline
+                continue
+            path, _, fragment = link.partition("#")
+            target = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(os.path.join(ROOT, target)):
+                broken.append(f"{page}: {link} (no {target})")
+            elif fragment and fragment not in heading_anchors(target):
+                broken.append(f"{page}: {link} (no heading #{fragment} in {target})")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_requirements_name_every_package_the_code_imports():
+    sources = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py"))
+    ours = {os.path.splitext(os.path.basename(source))[0] for source in sources}
+    imported = set()
+    for source in sources + [os.path.join(ROOT, "docs", "draw.py")]:
+        with open(source, encoding="utf-8") as f:
+            for node in ast.walk(ast.parse(f.read())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    needed = {distributions[name][0].lower().replace("-", "_") for name in imported - ours - set(sys.stdlib_module_names)}
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+        listed = {re.match(r"[\w.-]+", line).group().lower().replace("-", "_") for line in f if line[0].isalnum()}
+    assert needed <= listed, f"imported but not in requirements.txt: {sorted(needed - listed)}"
 
 
 def test_every_picture_a_page_shows_exists():
