@@ -94,6 +94,26 @@ def test_sampling_respects_top_p_and_greedy():
     assert sample_next_token(logits, temperature=0).item() == 1
 
 
+def test_plain_sampling_draws_from_the_temperature_and_top_k_softmax():
+    """A model's sample, step by step as written out here: the last position's logits
+    over the window, divided by the temperature, all but the k best masked, a softmax and
+    one draw from the seeded generator. Splitting the rule in two for --explain must not
+    change a single token."""
+    model = tiny_model(**SHAPES[1])
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # logits spread over a few units, so the temperature and top_k matter
+    idx = torch.randint(0, 100, (8, 5), generator=torch.Generator().manual_seed(3))
+    sampled = model.generate(idx, 60, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(9))
+    generator, expected = torch.Generator().manual_seed(9), idx
+    with torch.no_grad():
+        for _ in range(60):
+            logits = model(expected[:, -model.config.block_size:])[0][:, -1, :] / 0.8  # (8, vocab_size)
+            logits[logits < torch.topk(logits, 5).values[:, [-1]]] = float("-inf")
+            token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+            expected = torch.cat([expected, token], dim=1)
+    assert torch.equal(sampled, expected)
+
+
 # ---------------------------------------------------------------------------
 # Stopping, in sample.py's generate, with a model that plays back given tokens
 

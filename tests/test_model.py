@@ -165,13 +165,26 @@ def keeping_weights(model, keep=True):
 def test_explicit_attention_equals_the_fused_kernel():
     """keep_weights computes softmax(q k^T / sqrt(hs)) step by step: every block's output
     is the fused path's, and the default path keeps nothing."""
-    model = tiny_model()
+    model = tiny_model(n_layer=3)
     idx = torch.randint(0, 100, (2, 20))
-    with torch.no_grad():
-        fused = model.hidden_states(idx)
-        assert all(block.attn.weights is None for block in model.transformer.h)
-        explicit = keeping_weights(model).hidden_states(idx)
-    assert (explicit - fused).abs().max().item() < 1e-5
+
+    def block_outputs():
+        outputs = []
+        hooks = [block.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+                 for block in model.transformer.h]
+        with torch.no_grad():
+            model.hidden_states(idx)
+        for hook in hooks:
+            hook.remove()
+        return outputs  # one (B, T, n_embd) per block
+
+    fused = block_outputs()
+    assert all(block.attn.weights is None for block in model.transformer.h)
+    keeping_weights(model)
+    explicit = block_outputs()
+    assert len(explicit) == len(fused) == 3
+    for e, f in zip(explicit, fused):
+        assert (e - f).abs().max().item() < 1e-5
 
 
 def test_explicit_attention_is_causal_and_each_row_sums_to_one():
