@@ -8,7 +8,8 @@ evaluation and its first checkpoint. From those it fixes max_steps, and the lear
 schedule with it, so that the steps left, the evaluations spread over them and the final
 evaluation end within the budget, counted from the moment the process started. A
 machine's speed drifts, so at each later evaluation it measures again and moves the last
-step if it must. The arithmetic lives here, on a clock that tests can replace.
+step if it must, and between evaluations it moves it earlier when the steps slow down.
+The arithmetic lives here, on a clock that tests can replace.
 """
 
 import math

@@ -494,6 +494,13 @@ def typical_step(step_times):
     return sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else step_times[0]
 
 
+def recent_step(step_times, cfg):
+    """The mean time of the last eval_interval steps, never the first and its one-off
+    warm-up: what a time budget plans the next steps with."""
+    recent = step_times[max(1, len(step_times) - cfg.eval_interval):] or step_times
+    return sum(recent) / len(recent)
+
+
 def format_eta(step_times, steps_left):
     """Time left at the typical step time."""
     return format_minutes(typical_step(step_times) * steps_left)
@@ -700,7 +707,7 @@ def train(run):
     processes = run.processes
     ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)
-    step_times, save_seconds = [], 0.0
+    step_times, save_seconds, budget_costs = [], 0.0, None
     plotting = processes.main and pyplot("no loss plot") is not None  # imported now, so that no evaluation's time holds it
     val_loss = run.val_loss
     deciding_at = budget_decision_step(run)
@@ -729,11 +736,13 @@ def train(run):
         )
         evaluating = evaluates_after(step, cfg) or step == deciding_at
         adjusting = not run.steps_fixed and evaluating and not last_step and step != deciding_at
+        holding = not run.steps_fixed and not evaluating and not last_step and deciding_at is None
         if not processes.main:
             if step == deciding_at:
                 run.cfg = fix_steps(run, step)  # as the first process fixed them
-            elif adjusting:
-                run.cfg = adjust_steps(run, step)
+                deciding_at = None
+            elif adjusting or holding:
+                run.cfg = adjust_steps(run, step, earlier_only=holding)
             if stop and not last_step:
                 return  # the first process saves and says how to continue
             step += 1
@@ -746,10 +755,12 @@ def train(run):
             check_fits(cfg.time_budget, run.clock.elapsed(), final_eval_seconds(run, evaluate_seconds),
                        f"start-up, compiling, {step + 1 - run.first_step} steps and an evaluation")
         if adjusting:  # before the save, so that the checkpoint holds the count the run goes on with
-            recent = step_times[-cfg.eval_interval:]
             evaluation_seconds = time.time() - evaluation_start + save_seconds
-            costs = BudgetCosts(sum(recent) / len(recent), evaluation_seconds, evaluate_seconds)
-            run.cfg = adjust_steps(run, step, costs, extra_seconds=save_seconds)
+            budget_costs = BudgetCosts(recent_step(step_times, cfg), evaluation_seconds, evaluate_seconds)
+            run.cfg = adjust_steps(run, step, budget_costs, extra_seconds=save_seconds)
+        elif holding:  # a resumed run has no costs until its first evaluation, and keeps its count until then
+            costs = None if budget_costs is None else budget_costs._replace(step=recent_step(step_times, cfg))
+            run.cfg = adjust_steps(run, step, costs, earlier_only=True)
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
         if evaluating or stop:
@@ -757,8 +768,8 @@ def train(run):
             save_training_state(run, ckpt_path, step, val_loss, steps_fixed=deciding_at is None)
             save_seconds = time.time() - save_start
         if step == deciding_at:
-            costs = BudgetCosts(typical_step(step_times), time.time() - evaluation_start, evaluate_seconds)
-            run.cfg = fix_steps(run, step, costs)
+            budget_costs = BudgetCosts(typical_step(step_times), time.time() - evaluation_start, evaluate_seconds)
+            run.cfg = fix_steps(run, step, budget_costs)
             save_training_state(run, ckpt_path, step, val_loss, steps_fixed=True)
             deciding_at = None
         if stop and not last_step:
@@ -846,7 +857,8 @@ def fix_steps(run, step, costs=None):
     cfg = run.cfg
     max_steps = 0
     if costs is not None:  # the decision's own checkpoint comes next: one more save
-        max_steps, end = steps_for_budget(run, step, costs, cfg.evaluations, extra_seconds=costs.evaluation)
+        max_steps = steps_for_budget(run, step, costs, cfg.evaluations, extra_seconds=costs.evaluation)
+        end = planned_end(run, step, max_steps, costs, cfg.evaluations, extra_seconds=costs.evaluation)
         print(f"time budget {cfg.time_budget:g} min: {max_steps} steps of {costs.step:.1f} s, {cfg.evaluations} "
               f"evaluations of {costs.evaluation:.1f} s and a final one of about "
               f"{final_eval_seconds(run, costs.evaluate):.0f} s; the run should end after {format_minutes(end)}",
@@ -856,20 +868,26 @@ def fix_steps(run, step, costs=None):
     return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=interval)
 
 
-def adjust_steps(run, step, costs=None, extra_seconds=0.0):
+def adjust_steps(run, step, costs=None, extra_seconds=0.0, earlier_only=False):
     """The Config with max_steps moved at an evaluation, when the steps have become slower
     or faster since it was fixed (a machine's speed drifts), so that the run still ends
     within its budget: the cosine then ends at the new last step, and the evaluations
     still to come are spread over the steps still to come. extra_seconds: the save still
-    to come at this step. The first process decides from costs and tells the others."""
+    to come at this step. earlier_only: between evaluations, after every step, the last
+    step only moves earlier, when the steps have slowed so that the run would end late;
+    an evaluation, which measures everything again, may move it later. The first process
+    decides from costs and tells the others."""
     cfg = run.cfg
     left = max(1, evaluations_after(step, cfg.max_steps, cfg.eval_interval))
-    max_steps, end = cfg.max_steps, None
+    max_steps = cfg.max_steps
     if costs is not None:
-        max_steps, end = steps_for_budget(run, step, costs, left, extra_seconds)
+        max_steps = steps_for_budget(run, step, costs, left, extra_seconds)
+        if earlier_only:  # and never before the next step, which then evaluates and saves
+            max_steps = max(step + 2, min(max_steps, cfg.max_steps))
     max_steps = run.processes.share(max_steps)
     interval = eval_interval_for(max_steps - 1 - step, left)
-    if end is not None and max_steps != cfg.max_steps:
+    if costs is not None and max_steps != cfg.max_steps:
+        end = planned_end(run, step, max_steps, costs, left, extra_seconds)
         print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
               f"instead of {cfg.max_steps}, evaluating every {interval}; the run should end after "
               f"{format_minutes(end)}", flush=True)
@@ -877,13 +895,19 @@ def adjust_steps(run, step, costs=None, extra_seconds=0.0):
 
 
 def steps_for_budget(run, step, costs, evaluations, extra_seconds=0.0):
-    """(max_steps, the planned end in seconds from the start): as many steps after `step`
-    as fit in what is left of the budget, with `evaluations` evaluations, the final one
-    and extra_seconds of other work."""
-    final_seconds = final_eval_seconds(run, costs.evaluate)
+    """max_steps: as many steps after `step` as fit in what is left of the budget, with
+    `evaluations` evaluations, the final one and extra_seconds of other work."""
     now = run.clock.elapsed() + extra_seconds
-    more = steps_that_fit(run.cfg.time_budget * 60 - now, costs.step, evaluations, costs.evaluation, final_seconds)
-    return step + 1 + more, now + planned_seconds(more, costs.step, evaluations, costs.evaluation, final_seconds)
+    more = steps_that_fit(run.cfg.time_budget * 60 - now, costs.step, evaluations, costs.evaluation,
+                          final_eval_seconds(run, costs.evaluate))
+    return step + 1 + more
+
+
+def planned_end(run, step, max_steps, costs, evaluations, extra_seconds=0.0):
+    """When a run that goes on to max_steps should end, in seconds from the start."""
+    more = max_steps - 1 - step
+    return run.clock.elapsed() + extra_seconds + planned_seconds(more, costs.step, evaluations, costs.evaluation,
+                                                                 final_eval_seconds(run, costs.evaluate))
 
 
 def final_eval_seconds(run, evaluate_seconds):

@@ -95,9 +95,11 @@ def simulate(minutes, start_up, step_seconds, evaluation_seconds):
             clock.t += evaluation_seconds
             evaluations += 1
             if not last_step:
-                recent = times[-run.cfg.eval_interval:]
-                costs = train.BudgetCosts(sum(recent) / len(recent), evaluation_seconds, evaluate_seconds)
+                costs = train.BudgetCosts(train.recent_step(times, run.cfg), evaluation_seconds, evaluate_seconds)
                 run.cfg = train.adjust_steps(run, step, costs)
+        elif not last_step:  # between evaluations, after every step
+            costs = train.BudgetCosts(train.recent_step(times, run.cfg), evaluation_seconds, evaluate_seconds)
+            run.cfg = train.adjust_steps(run, step, costs, earlier_only=True)
         step += 1
     clock.t += train.final_eval_seconds(run, evaluate_seconds) + EXIT_SECONDS
     return clock.t, step, run.cfg, evaluations
@@ -138,6 +140,50 @@ def test_a_count_that_moves_far_spreads_the_evaluations_asked_for_over_it(speed)
     took, steps, _, evaluations = simulate(30, 10.0, lambda step: 1.5 if step < 75 else 1.5 * speed, 1.2)
     assert 0.95 * 1800 <= took <= 1800, (took, steps)
     assert evaluations == 6, evaluations
+
+
+@pytest.mark.parametrize("step_seconds", [
+    lambda step: 1.5 if step < 1000 else 1.575,  # 5% slower after the last evaluation but one (at step 979)
+    lambda step: 1.5 if step < 950 else 1.5 * (1 + 0.08 * min(1, (step - 950) / 150)),  # slower and slower at the end
+    lambda step: 10.0 if step == 1100 else 1.5,  # one step held up by another process
+])
+def test_steps_that_slow_down_between_evaluations_still_end_within_the_budget(step_seconds):
+    """A 30-minute run on Zen 5 planned to end at 29m59s at its last evaluation but one,
+    then its last 153 steps took 2.00 s instead of 1.93, and it ended at 30m08s. After
+    every step the last step now moves earlier when the run would end late."""
+    took, steps, _, evaluations = simulate(30, 10.0, step_seconds, 1.2)
+    assert 0.95 * 1800 <= took <= 1800, (took, steps)
+    assert evaluations == 6
+
+
+def fixed_run(max_steps=1000, eval_interval=100, evaluations=6):
+    """A 30-minute run whose count is fixed, 50 s in, at step 499 of 1,000 steps of 1.5 s."""
+    clock = FakeClock()
+    clock.t = 0.0
+    run = fake_run(30, clock, evaluations=evaluations)
+    run.cfg = train.dataclasses.replace(run.cfg, max_steps=max_steps, eval_interval=eval_interval)
+    clock.t = 1000.0
+    return run
+
+
+def test_between_evaluations_the_last_step_moves_only_earlier():
+    run, costs = fixed_run(), train.BudgetCosts(1.5, 1.2, 0.6)
+    at_speed = train.adjust_steps(run, 499, costs)  # at an evaluation: as many as fit (about 530 more)
+    assert at_speed.max_steps > 1000
+    assert train.adjust_steps(run, 499, costs, earlier_only=True).max_steps == 1000  # between them: no later
+    slower = train.adjust_steps(run, 499, costs._replace(step=2.0), earlier_only=True)
+    assert slower.max_steps == train.adjust_steps(run, 499, costs._replace(step=2.0)).max_steps < 1000
+    # the evaluations still to come (5, the last one's among them) are spread over the steps still to come
+    assert evaluations_after(499, slower.max_steps, slower.eval_interval) == 5
+    # never before the next step, which then evaluates and saves, however slow the steps
+    assert train.adjust_steps(run, 499, costs._replace(step=1000.0), earlier_only=True).max_steps == 501
+
+
+def test_the_recent_step_time_leaves_out_the_first_step():
+    cfg = types.SimpleNamespace(eval_interval=3)
+    assert train.recent_step([30.0, 1.0, 2.0], cfg) == 1.5  # the first step compiles
+    assert train.recent_step([30.0, 1.0, 2.0, 3.0, 4.0], cfg) == 3.0  # the last eval_interval steps
+    assert train.recent_step([30.0], cfg) == 30.0
 
 
 def test_a_budget_that_cannot_hold_what_is_done_and_the_final_evaluation_is_refused():
