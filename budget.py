@@ -96,6 +96,13 @@ def evaluations_after(step, max_steps, eval_interval):
     return max(0, math.ceil((max_steps - 1 - step) / eval_interval))
 
 
+def passed_evaluation(step, before, after):
+    """Whether moving the last step earlier between evaluations (the Config before and
+    after) brought an evaluation to step or past it: one fewer still to come. It is then due now."""
+    return (evaluations_after(step, after.max_steps, after.eval_interval)
+            < evaluations_after(step, before.max_steps, before.eval_interval))
+
+
 def format_minutes(seconds):
     """Seconds as 12m05s, for the start-up lines and the countdown."""
     seconds = max(0, round(seconds))  # rounded first: 59.6 s is 1m00s, not 0m60s

@@ -25,7 +25,7 @@ import torch
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
 from budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after,
-                    format_minutes, planned_seconds, steps_that_fit, timed_steps)
+                    format_minutes, passed_evaluation, planned_seconds, steps_that_fit, timed_steps)
 from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
@@ -703,7 +703,8 @@ def model_and_data(cfg, resumed, processes):
 def train(run):
     """The loop: a step, its line, and at every eval_interval an evaluation and a checkpoint.
     With a time budget, the first evaluation and checkpoint come after the timed steps and
-    fix the step count (fix_steps); each later evaluation may move it (adjust_steps)."""
+    fix the step count (fix_steps); each later evaluation may move it (adjust_steps), and
+    between evaluations every step may move it earlier."""
     processes = run.processes
     ckpt_path, log_path = os.path.join(run.cfg.log_dir, "ckpt.pt"), os.path.join(run.cfg.log_dir, "log.txt")
     interrupt = Interrupt(alone=processes.world_size == 1)
@@ -734,15 +735,18 @@ def train(run):
             f"tok/sec {cfg.total_batch_size / dt:.2f} | eta {eta(run, step_times, step)}",
             flush=True,
         )
-        evaluating = evaluates_after(step, cfg) or step == deciding_at
+        holding = not run.steps_fixed and deciding_at is None and not last_step and not evaluates_after(step, cfg)
+        if holding:  # between evaluations; a resumed run has no costs until its first evaluation, and keeps its count
+            costs = None if budget_costs is None else budget_costs._replace(step=recent_step(step_times, cfg))
+            run.cfg = adjust_steps(run, step, costs, earlier_only=True)
+        evaluating = evaluates_after(step, cfg) or step == deciding_at or (holding and passed_evaluation(step, cfg, run.cfg))
         adjusting = not run.steps_fixed and evaluating and not last_step and step != deciding_at
-        holding = not run.steps_fixed and not evaluating and not last_step and deciding_at is None
         if not processes.main:
             if step == deciding_at:
                 run.cfg = fix_steps(run, step)  # as the first process fixed them
                 deciding_at = None
-            elif adjusting or holding:
-                run.cfg = adjust_steps(run, step, earlier_only=holding)
+            elif adjusting:
+                run.cfg = adjust_steps(run, step)
             if stop and not last_step:
                 return  # the first process saves and says how to continue
             step += 1
@@ -758,9 +762,6 @@ def train(run):
             evaluation_seconds = time.time() - evaluation_start + save_seconds
             budget_costs = BudgetCosts(recent_step(step_times, cfg), evaluation_seconds, evaluate_seconds)
             run.cfg = adjust_steps(run, step, budget_costs, extra_seconds=save_seconds)
-        elif holding:  # a resumed run has no costs until its first evaluation, and keeps its count until then
-            costs = None if budget_costs is None else budget_costs._replace(step=recent_step(step_times, cfg))
-            run.cfg = adjust_steps(run, step, costs, earlier_only=True)
         if processes.world_size == 1:
             stop = interrupt.requested  # a Ctrl-C during the evaluation counts now; under torchrun, at the next step
         if evaluating or stop:
@@ -874,7 +875,8 @@ def adjust_steps(run, step, costs=None, extra_seconds=0.0, earlier_only=False):
     within its budget: the cosine then ends at the new last step, and the evaluations
     still to come are spread over the steps still to come. extra_seconds: the save still
     to come at this step. earlier_only: between evaluations, after every step, the last
-    step only moves earlier, when the steps have slowed so that the run would end late;
+    step only moves earlier, when the steps have slowed so that the run would end late,
+    and the evaluations to come with it (one it passes comes at once: passed_evaluation);
     an evaluation, which measures everything again, may move it later. The first process
     decides from costs and tells the others."""
     cfg = run.cfg
@@ -885,7 +887,9 @@ def adjust_steps(run, step, costs=None, extra_seconds=0.0, earlier_only=False):
         if earlier_only:  # and never before the next step, which then evaluates and saves
             max_steps = max(step + 2, min(max_steps, cfg.max_steps))
     max_steps = run.processes.share(max_steps)
-    interval = eval_interval_for(max_steps - 1 - step, left)
+    # between evaluations the interval stays, so the evaluations still to come move earlier with the last step;
+    # spread again after every step, they would slide ahead of the run and never come
+    interval = cfg.eval_interval if earlier_only else eval_interval_for(max_steps - 1 - step, left)
     if costs is not None and max_steps != cfg.max_steps:
         end = planned_end(run, step, max_steps, costs, left, extra_seconds)
         print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "

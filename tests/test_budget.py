@@ -11,8 +11,8 @@ import torch
 
 import budget
 import train
-from budget import (EXIT_SECONDS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after, steps_that_fit,
-                    timed_steps)
+from budget import (EXIT_SECONDS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after, passed_evaluation,
+                    steps_that_fit, timed_steps)
 from cli import UsageError
 from conftest import assert_refused, budget_step_count, signal_when, start_training, train_run
 from speed import Processes
@@ -74,7 +74,7 @@ def simulate(minutes, start_up, step_seconds, evaluation_seconds):
     """A whole budgeted run on a fake clock, as train.py's loop drives it: step_seconds(step)
     is what each step takes, every evaluation (with its checkpoint) takes
     evaluation_seconds, of which half is the validation loss alone. Returns (the seconds
-    the command took, the steps it took, its last Config, the evaluations after the timed one)."""
+    the command took, the steps it took, its last Config, the steps that evaluated after the timed one)."""
     clock = FakeClock()
     clock.t = 0.0
     run = fake_run(minutes, clock)
@@ -86,23 +86,33 @@ def simulate(minutes, start_up, step_seconds, evaluation_seconds):
     run.cfg = train.fix_steps(run, decision, train.BudgetCosts(train.typical_step(times), evaluation_seconds,
                                                                evaluate_seconds))
     clock.t += evaluation_seconds  # the decision's own save (evaluation_seconds holds one)
-    step, evaluations = decision + 1, 0
+    step, evaluated = decision + 1, []
     while step < run.cfg.max_steps:
         times.append(step_seconds(step))
         clock.t += times[-1]
-        last_step = step == run.cfg.max_steps - 1
-        if train.evaluates_after(step, run.cfg):
-            clock.t += evaluation_seconds
-            evaluations += 1
-            if not last_step:
-                costs = train.BudgetCosts(train.recent_step(times, run.cfg), evaluation_seconds, evaluate_seconds)
-                run.cfg = train.adjust_steps(run, step, costs)
-        elif not last_step:  # between evaluations, after every step
-            costs = train.BudgetCosts(train.recent_step(times, run.cfg), evaluation_seconds, evaluate_seconds)
+        cfg = run.cfg
+        last_step = step == cfg.max_steps - 1
+        costs = train.BudgetCosts(train.recent_step(times, cfg), evaluation_seconds, evaluate_seconds)
+        holding = not last_step and not train.evaluates_after(step, cfg)
+        if holding:  # between evaluations, after every step
             run.cfg = train.adjust_steps(run, step, costs, earlier_only=True)
+        if train.evaluates_after(step, cfg) or (holding and passed_evaluation(step, cfg, run.cfg)):
+            clock.t += evaluation_seconds
+            evaluated.append(step)
+            if not last_step:
+                run.cfg = train.adjust_steps(run, step, costs)
         step += 1
     clock.t += train.final_eval_seconds(run, evaluate_seconds) + EXIT_SECONDS
-    return clock.t, step, run.cfg, evaluations
+    return clock.t, step, run.cfg, evaluated
+
+
+def assert_spread(evaluated, steps, asked=6, decision=9):
+    """As many evaluations as asked, after the timed one at decision, the last at the last
+    step, and none more than half as far again from the one before as an even spread puts
+    them (steps that slow down by half move them earlier: 84 to 195 steps apart, not 133)."""
+    gaps = [b - a for a, b in zip([decision] + evaluated, evaluated)]
+    assert len(evaluated) == asked and evaluated[-1] == steps - 1, evaluated
+    assert max(gaps) <= 1.5 * (steps - 1 - decision) / asked, evaluated
 
 
 @pytest.mark.parametrize("minutes, start_up, step_seconds, evaluation_seconds",
@@ -113,12 +123,13 @@ def test_a_run_on_a_quiet_machine_ends_within_its_budget_and_uses_it(minutes, st
     """Steps and evaluations always take what the timed start measured: the run ends within
     the budget and, from 30 minutes on, no earlier than the larger of 95% of it and the
     budget less two steps."""
-    took, steps, cfg, evaluations = simulate(minutes, start_up, lambda step: step_seconds, evaluation_seconds)
+    took, steps, cfg, evaluated = simulate(minutes, start_up, lambda step: step_seconds, evaluation_seconds)
     budget_seconds = minutes * 60
     assert took <= budget_seconds
     if minutes >= 30:
         assert took >= max(0.95 * budget_seconds, budget_seconds - 2 * step_seconds), (took, steps)
-    assert steps == cfg.max_steps and evaluations == 6
+    assert steps == cfg.max_steps
+    assert_spread(evaluated, steps)
 
 
 @pytest.mark.parametrize("drift", [1.10, 0.90])
@@ -137,9 +148,9 @@ def test_a_count_that_moves_far_spreads_the_evaluations_asked_for_over_it(speed)
     """The steps become a third faster, or half as slow again, after the count was fixed
     (in CI, a tiny run's count moved from 387 to 523): the run still evaluates about as
     often as asked, 6 times after the timed one, and ends within its budget."""
-    took, steps, _, evaluations = simulate(30, 10.0, lambda step: 1.5 if step < 75 else 1.5 * speed, 1.2)
+    took, steps, _, evaluated = simulate(30, 10.0, lambda step: 1.5 if step < 75 else 1.5 * speed, 1.2)
     assert 0.95 * 1800 <= took <= 1800, (took, steps)
-    assert evaluations == 6, evaluations
+    assert_spread(evaluated, steps)
 
 
 @pytest.mark.parametrize("step_seconds", [
@@ -151,9 +162,9 @@ def test_steps_that_slow_down_between_evaluations_still_end_within_the_budget(st
     """A 30-minute run on Zen 5 planned to end at 29m59s at its last evaluation but one,
     then its last 153 steps took 2.00 s instead of 1.93, and it ended at 30m08s. After
     every step the last step now moves earlier when the run would end late."""
-    took, steps, _, evaluations = simulate(30, 10.0, step_seconds, 1.2)
+    took, steps, _, evaluated = simulate(30, 10.0, step_seconds, 1.2)
     assert 0.95 * 1800 <= took <= 1800, (took, steps)
-    assert evaluations == 6
+    assert_spread(evaluated, steps)
 
 
 def fixed_run(max_steps=1000, eval_interval=100, evaluations=6):
@@ -173,10 +184,30 @@ def test_between_evaluations_the_last_step_moves_only_earlier():
     assert train.adjust_steps(run, 499, costs, earlier_only=True).max_steps == 1000  # between them: no later
     slower = train.adjust_steps(run, 499, costs._replace(step=2.0), earlier_only=True)
     assert slower.max_steps == train.adjust_steps(run, 499, costs._replace(step=2.0)).max_steps < 1000
-    # the evaluations still to come (5, the last one's among them) are spread over the steps still to come
-    assert evaluations_after(499, slower.max_steps, slower.eval_interval) == 5
+    # the interval stays: the evaluations still to come move earlier with the last step (599 -> 586 at 987 steps)
+    a_bit_slower = train.adjust_steps(run, 499, costs._replace(step=1.6), earlier_only=True)
+    assert a_bit_slower.eval_interval == 100 and a_bit_slower.max_steps == 987
+    assert [s for s in range(500, 987) if evaluates_at(s, 987, 100)] == [586, 686, 786, 886, 986]
     # never before the next step, which then evaluates and saves, however slow the steps
     assert train.adjust_steps(run, 499, costs._replace(step=1000.0), earlier_only=True).max_steps == 501
+
+
+def test_an_evaluation_the_last_step_moves_past_comes_at_once():
+    before = types.SimpleNamespace(max_steps=1000, eval_interval=100)  # evaluates after steps 599, 699, ..., 999
+    assert not passed_evaluation(597, before, before)
+    assert not passed_evaluation(597, before, types.SimpleNamespace(max_steps=999, eval_interval=100))  # now at 598
+    assert passed_evaluation(597, before, types.SimpleNamespace(max_steps=998, eval_interval=100))  # now at 597
+    assert passed_evaluation(597, before, types.SimpleNamespace(max_steps=990, eval_interval=100))  # at 589: passed
+
+
+def test_a_few_slow_steps_after_the_count_is_fixed_do_not_stop_the_evaluations():
+    """On Zen 4, 5 steps right after the count was fixed took 5 to 6 s instead of 4.1, and
+    the last step moved after each of them. The interval was spread again every step, so
+    the next evaluation kept sliding ahead: none came in the next 230 steps. Now the
+    evaluations move earlier with the last step, and the next evaluation moves it back."""
+    took, steps, _, evaluated = simulate(30, 75.0, lambda step: 5.8 if 11 <= step <= 15 else 4.1, 2.5)
+    assert 0.95 * 1800 <= took <= 1800, (took, steps)
+    assert_spread(evaluated, steps)
 
 
 def test_the_recent_step_time_leaves_out_the_first_step():
