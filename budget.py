@@ -19,7 +19,7 @@ import time
 from cli import UsageError
 
 MIN_TIMED_STEPS = 3  # the first step warms up, so at least two more give a typical step time
-EXIT_SECONDS = 2.0  # after the final evaluation: its closing lines, and the interpreter's teardown
+EXIT_SECONDS = 2.0  # after the final evaluation: its closing lines and the exit (train.py skips the teardown)
 SPARE_STEPS = 0.5  # left unplanned at the end: a 5-minute run planned to the second ended 2.4 s late
 
 

@@ -11,6 +11,7 @@ The story of a run is at the bottom: main() (settings, one process or several), 
 (model, data, optimizer) and train() (the loop).
 """
 
+import atexit
 import dataclasses
 import math
 import os
@@ -955,6 +956,17 @@ def finish(run, interrupt, val_loss, ckpt_path):
         sys.exit(128 + quit.signum)
 
 
+def exit_without_teardown():
+    """Ends a run that finished, at once. The interpreter's teardown frees every object
+    one by one, where the OS frees the whole process in a blink: it took 1.5 s after a
+    2-minute run and about 10 s after a 2-hour one (Xeon), past the time budget. The
+    atexit callbacks still run, and the output is flushed first."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     try:
         run_main("train.py", main)
@@ -964,3 +976,4 @@ if __name__ == "__main__":
     except Quit as quit:  # a second signal
         print("quit without saving", file=sys.stderr)
         sys.exit(128 + quit.signum)
+    exit_without_teardown()

@@ -163,6 +163,30 @@ def test_fine_tune_from_hugging_face_directory(tmp_path, text_file, hf_dir_gpt2_
         assert torch.allclose(ckpt["model"][key], pretrained[key], atol=1e-6), key
 
 
+@pytest.mark.slow
+def test_a_finished_run_skips_the_teardown_but_not_atexit_nor_a_line(tmp_path, text_file):
+    """exit_without_teardown: with stdout a pipe (buffered: no PYTHONUNBUFFERED), every
+    line arrives and the atexit callbacks run, but the interpreter frees nothing one by
+    one, so the __del__ of an object left alive never runs."""
+    wrapper = tmp_path / "wrapper.py"
+    args = ["--input_file", str(text_file), "--log_dir", str(tmp_path / "log"), *map(str, TINY_FLAGS), "--max_steps", "2"]
+    wrapper.write_text(
+        "import atexit, runpy, sys\n"
+        "class Freed:\n"
+        "    def __del__(self):\n"
+        "        print('torn down', flush=True)\n"
+        "alive = Freed()\n"
+        "atexit.register(print, 'atexit ran')\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        f"sys.argv = ['train.py', *{args!r}]\n"
+        f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, str(wrapper)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith("atexit ran") and 'sample from it with: python sample.py --ckpt' in r.stdout
+    assert "torn down" not in r.stdout
+
+
 @pytest.fixture(scope="module")
 def hf_dir_gpt2_vocab(tmp_path_factory):
     """A tiny Hugging Face GPT-2 with the real 50257-token vocabulary, to fine-tune on text."""
