@@ -128,12 +128,14 @@ NO_HUB = "http://127.0.0.1:9"
 # the shape tiny_model builds
 TINY_SHAPE = dict(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
 # a model small enough to train in a blink, compiled only where a test asks for it, on the
-# CPU whatever else the machine has, so that the dtype and compile choices are the CPU's.
-# On one thread, so that two processes print the same losses to the last digit: with two,
-# a compiled backward's atomic adds come in a varying order, and on a 2-core Xeon VM about
-# one process in 15 computed exp on its second thread to only 1.5e-4 (docs/testing.md)
+# CPU whatever else the machine has, so that the dtype and compile choices are the CPU's
 TINY_FLAGS = ["--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--B", 2, "--T", 32, "--total_batch_size", 128, "--warmup_steps", 1,
-              "--compile", "False", "--device", "cpu", "--threads", 1]
+              "--compile", "False", "--device", "cpu"]
+# for the runs whose losses a test compares with another process's: on one thread they
+# agree to the last digit. On two, a compiled backward's atomic adds come in a varying
+# order, and on a 2-core Xeon VM about one process in 15 computed exp on its second
+# thread to only 1.5e-4 (docs/testing.md)
+ONE_THREAD = ["--threads", 1]
 # the step line train.py prints, as the README shows it
 STEP_LINE = re.compile(r"^step +(\d+) \| loss (\d+\.\d{6}) \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/sec \S+ \| eta \S+$", re.M)
 

@@ -13,7 +13,7 @@ import torch
 import data
 import train
 from cli import UsageError
-from conftest import ROOT, run_script, step_losses, train_run
+from conftest import ONE_THREAD, ROOT, run_script, step_losses, train_run
 from data import DataLoader
 from tokenizer import GPT2_EOT as EOT
 from tokenizer import gpt2
@@ -247,14 +247,14 @@ def test_training_on_a_directory(tmp_path, text_file):
     content = text_file.read_text(encoding="utf-8")
     for i in range(3):
         (books / f"part{i}.txt").write_text(content[i * 25_000 : (i + 1) * 25_000], encoding="utf-8")
-    r = train_run(tmp_path, books, "--max_steps", 2)
+    r = train_run(tmp_path, books, *ONE_THREAD, "--max_steps", 2)
     assert r.returncode == 0, r.stderr
     assert sorted(step_losses(r.stdout)) == [0, 1]
     # every file was read: the tokens are each file's own, plus an <|endoftext|> between two
     n_train, n_val = re.search(r"train/val tokens ([\d,]+)/([\d,]+)", r.stdout).groups()
     assert int(n_train.replace(",", "")) + int(n_val.replace(",", "")) == len(expected_tokens(*sorted(books.iterdir())))
     assert "tokens new: " in r.stdout
-    again = train_run(tmp_path, books, "--max_steps", 2, "--log_dir", tmp_path / "log2")
+    again = train_run(tmp_path, books, *ONE_THREAD, "--max_steps", 2, "--log_dir", tmp_path / "log2")
     assert again.returncode == 0 and step_losses(again.stdout) == step_losses(r.stdout)
     assert "tokens cached: " in again.stdout and "tokenized" not in again.stdout  # another log_dir, the same cache
 

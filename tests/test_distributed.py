@@ -11,13 +11,13 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY_FLAGS, budget_step_count, signal_when, start_training, step_losses, train_run
+from conftest import ONE_THREAD, ROOT, TINY_FLAGS, budget_step_count, signal_when, start_training, step_losses, train_run
 
 pytestmark = pytest.mark.slow
 
-# float32, so that the two processes' sums in another order still agree to 1e-5;
-# 4 micro-batches per step, 2 for each process
-FLAGS = ["--dtype", "float32", "--total_batch_size", 256, "--eval_interval", 5]
+# float32, so that the two processes' sums in another order still agree to 1e-5; one
+# thread, as each of the two processes has; 4 micro-batches per step, 2 for each process
+FLAGS = ["--dtype", "float32", *ONE_THREAD, "--total_batch_size", 256, "--eval_interval", 5]
 
 
 def torchrun(text_file, log_dir, *flags, nproc=2, **popen):

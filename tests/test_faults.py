@@ -20,7 +20,7 @@ import sample
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import RunFailure, UsageError
-from conftest import ROOT, assert_refused, run_script, signal_when, start_training, step_losses, tiny_model, train_run
+from conftest import ONE_THREAD, ROOT, assert_refused, run_script, signal_when, start_training, step_losses, tiny_model, train_run
 
 # ---------------------------------------------------------------------------
 # Constants, checked in one place before any work starts
@@ -369,7 +369,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_file):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_the_resumed_run_matches(tmp_path, text_file):
-    flags = ["--max_steps", 12, "--eval_interval", 6, "--dropout", 0.1]
+    flags = [*ONE_THREAD, "--max_steps", 12, "--eval_interval", 6, "--dropout", 0.1]
     full = train_run(tmp_path, text_file, *flags, "--log_dir", tmp_path / "full")
     assert full.returncode == 0, full.stderr
     proc = start_training(tmp_path, text_file, tmp_path / "cut", *flags)

@@ -11,7 +11,7 @@ import bench
 import speed
 import train
 from cli import UsageError
-from conftest import TINY_FLAGS, run_script, step_losses, tiny_model
+from conftest import ONE_THREAD, TINY_FLAGS, run_script, step_losses, tiny_model
 from data import DataLoader
 from optimizer import configure_optimizers
 from speed import TrainingLoss
@@ -116,7 +116,7 @@ def test_compile_without_a_compiler_trains_in_eager_mode(tmp_path, text_file):
 def test_compiled_training_matches_eager(tmp_path, text_file):
     def run(compile_, log):
         r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / log, *TINY_FLAGS,
-                       "--dtype", "float32", "--compile", compile_, "--max_steps", 3)
+                       *ONE_THREAD, "--dtype", "float32", "--compile", compile_, "--max_steps", 3)
         assert r.returncode == 0, r.stderr
         return r.stdout
 

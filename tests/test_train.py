@@ -16,7 +16,7 @@ import torch
 
 import data
 import train
-from conftest import ROOT, TINY_FLAGS, assert_refused, randomise, run_script, step_losses, tiny_model, train_run
+from conftest import ONE_THREAD, ROOT, TINY_FLAGS, assert_refused, randomise, run_script, step_losses, tiny_model, train_run
 from data import DataLoader
 from tokenizer import gpt2
 from optimizer import configure_optimizers
@@ -113,7 +113,7 @@ def test_end_to_end_then_sample(tmp_path, text_file):
                          ids=["plain", "dropout", "compiled", "muon"])
 def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file, extra):
     """With dropout, the restored random state decides the masks; compiled, the same holds."""
-    flags = [*extra, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
+    flags = [*extra, *ONE_THREAD, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
     full = train_run(tmp_path, text_file, *flags, tmp_path / "full")
     assert full.returncode == 0, full.stderr
     full_losses = step_losses(full.stdout)
@@ -141,7 +141,7 @@ def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_fil
     assert sorted(resumed_losses) == list(range(stopped, 40))
     if "--compile" in extra:  # train.py falls back to eager if compiling fails: each run must have compiled
         assert all("| compile on (" in out for out in (full.stdout, output, resumed.stdout))
-    for step, loss in resumed_losses.items():  # on one thread (TINY_FLAGS), compiled or not, to the last digit
+    for step, loss in resumed_losses.items():  # on one thread, compiled or not, to the last digit
         assert abs(loss - full_losses[step]) <= 1e-6, (step, loss, full_losses[step])
     # the log reads as one run: every step once
     log = (tmp_path / "cut" / "log.txt").read_text().splitlines()
