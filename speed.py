@@ -9,6 +9,7 @@ changes the model. docs/performance.md measures each one.
     set_up_device     device, dtype, autocast and threads (one per physical core), once
     Processes         this process's place under torchrun: DDP, gradient sync, agreeing to stop
     want_compile, compile_model   torch.compile, with a fallback when it fails
+    FastDropout, use_fast_dropout  dropout that draws 16 random bits per element, not a float
     TrainingLoss      the model as training calls it, with the chunked loss by name
     ChunkedCrossEntropy           the loss without holding all the logits at once
 """
@@ -228,6 +229,41 @@ def compile_model(module, warm_up):
         return module, "off (failed)"
     module.zero_grad(set_to_none=True)
     return compiled, f"on ({time.time() - start:.1f}s)"
+
+
+# ----------------------------------------------------------------------------
+# Dropout with cheaper random numbers
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout, with the mask drawn from 16 random bits per element.
+
+    On a CPU most of dropout's time goes into its random numbers: F.dropout draws a
+    float per element, and torch.compile's kernels too. Here one 64-bit integer gives
+    four elements 16 bits each, and an element is kept when its bits, read as a number
+    from -32768 to 32767, reach a threshold: 1 - p of them, with p rounded to a multiple
+    of 1/65536. The recipes' steps with dropout 0.2 took 1.5 s instead of 1.9 (Xeon;
+    1.4 s without dropout). Kept elements are scaled up so that the mean stays the same."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        dropped = min(round(self.p * 65536), 65535)  # out of 65536
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), device=x.device)  # 4 elements per draw
+        bits = draws.view(torch.int16)[:n].view(x.shape)  # uniform from -32768 to 32767
+        keep = bits >= dropped - 32768
+        return x * keep * (65536 / (65536 - dropped))
+
+
+def use_fast_dropout(model):
+    """Swap each nn.Dropout in model for a FastDropout with the same p, in the same mode
+    (training or eval); the state dict is unchanged, since dropout has no weights. The
+    dropout on attention weights is a function call, not a module, and stays as it is."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Dropout:
+            model.set_submodule(name, FastDropout(module.p).train(module.training))
+    return model
 
 
 # ----------------------------------------------------------------------------

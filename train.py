@@ -31,7 +31,8 @@ from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyp
 from data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
 from optimizer import configure_optimizers, describe_optimizer
-from speed import Processes, TrainingLoss, check_device, compile_model, set_up_device, want_compile
+from speed import (FastDropout, Processes, TrainingLoss, check_device, compile_model, set_up_device, use_fast_dropout,
+                   want_compile)
 from tokenizer import Tokenizer, gpt2
 
 # ----------------------------------------------------------------------------
@@ -627,6 +628,8 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads, processes)
     model, train_tokens, val_tokens, loaded = model_and_data(cfg, resumed, processes)
     model.to(device)
+    if device_type == "cpu":
+        use_fast_dropout(model)  # the same dropout, from cheaper random numbers
     loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
@@ -656,7 +659,7 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     shortened = cfg.max_steps < Config.warmup_steps and cfg.warmup_steps == short_warmup(cfg.max_steps)
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
-        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
+        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | {dropout_note(cfg, model)}optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
         f"{budget_note(cfg, steps_fixed)}"
         f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
@@ -675,6 +678,15 @@ def budget_note(cfg, steps_fixed):
     if steps_fixed:
         return ""
     return f"time budget {cfg.time_budget:g} min: max_steps fixed after step {timed_steps(cfg.warmup_steps) - 1} | "
+
+
+def dropout_note(cfg, model):
+    """The start-up line's words on dropout, if there is any, and whether its masks are
+    drawn the fast way (speed.FastDropout)."""
+    if cfg.dropout == 0:
+        return ""
+    fast = any(isinstance(module, FastDropout) for module in model.modules())
+    return f"dropout {cfg.dropout:g}{' (16-bit masks)' if fast else ''} | "
 
 
 def model_and_data(cfg, resumed, processes):

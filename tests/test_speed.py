@@ -14,7 +14,7 @@ from cli import UsageError
 from conftest import ONE_THREAD, TINY_FLAGS, run_script, step_losses, tiny_model
 from data import DataLoader
 from optimizer import configure_optimizers
-from speed import TrainingLoss
+from speed import FastDropout, TrainingLoss
 
 
 def test_dtype_forced_or_chosen(monkeypatch):
@@ -131,10 +131,10 @@ def test_compiled_training_matches_eager(tmp_path, text_file):
 @pytest.mark.slow
 def test_start_up_line_says_what_is_on(tmp_path, text_file):
     r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", *TINY_FLAGS,
-                   "--dtype", "bfloat16", "--chunked_loss", "False", "--threads", 1, "--max_steps", 1)
+                   "--dtype", "bfloat16", "--chunked_loss", "False", "--threads", 1, "--max_steps", 1, "--dropout", 0.1)
     assert r.returncode == 0, r.stderr
     first = next(line for line in r.stdout.splitlines() if line.startswith("device "))
-    for part in ("dtype bfloat16", "threads 1", "compile off", "chunked loss off"):
+    for part in ("dtype bfloat16", "threads 1", "compile off", "chunked loss off", "dropout 0.1 (16-bit masks)"):
         assert part in first
 
 
@@ -147,6 +147,62 @@ def test_the_dtype_set_up_device_names_is_the_dtype_of_the_products(setting):
     assert (device, device_type, dtype) == ("cpu", "cpu", setting)
     with ctx:
         assert (torch.randn(4, 8) @ torch.randn(8, 2)).dtype == getattr(torch, setting)
+
+
+def dropped_and_scaled(dropout, p):
+    """Dropout on a million random numbers: (the mask of those kept, the scale they got),
+    after checking that the kept ones were scaled and the gradient went through them alone."""
+    x = torch.randn(1000, 1000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    scale = 65536 / (65536 - round(p * 65536))
+    assert torch.allclose(y[kept], x[kept] * scale) and abs(scale - 1 / (1 - p)) < 1e-5
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept * scale)  # the backward used the forward's mask
+    return kept
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_fast_dropout_keeps_one_minus_p_and_scales_them_up(p):
+    torch.manual_seed(0)
+    kept = dropped_and_scaled(FastDropout(p), p)
+    # a million elements: the fraction kept is 1 - p to within 0.0005 (one standard deviation);
+    # each of the four elements that share a 64-bit draw is kept as often
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.002
+    for share in kept.view(-1, 4).float().mean(dim=0):
+        assert abs(share.item() - (1 - p)) < 0.004
+
+
+def test_fast_dropout_masks_follow_the_seed_and_differ_each_call():
+    dropout, x = FastDropout(0.2), torch.ones(4096)
+    torch.manual_seed(1)
+    first, second = dropout(x), dropout(x)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), first) and not torch.equal(first, second)
+
+
+def test_fast_dropout_is_the_identity_in_eval_mode_or_at_zero():
+    x = torch.randn(64)
+    assert FastDropout(0.2).eval()(x) is x and FastDropout(0.0)(x) is x
+
+
+def test_use_fast_dropout_swaps_every_dropout_module_and_keeps_the_weights():
+    model = tiny_model(dropout=0.2)
+    names = list(model.state_dict())
+    idx = torch.randint(0, 50, (2, 16))
+    before = model(idx)[0]
+    speed.use_fast_dropout(model)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 2 * model.config.n_layer  # embeddings, then attention and MLP in each block
+    assert all(type(m) is FastDropout and m.p == 0.2 for m in dropouts)
+    assert list(model.state_dict()) == names and torch.equal(model(idx)[0], before)
+
+
+@pytest.mark.slow
+def test_compiled_fast_dropout_keeps_its_mask_for_the_backward():
+    torch.manual_seed(0)
+    kept = dropped_and_scaled(torch.compile(FastDropout(0.2)), 0.2)
+    assert abs(kept.float().mean().item() - 0.8) < 0.002
 
 
 def test_physical_cores():

@@ -109,8 +109,9 @@ def test_end_to_end_then_sample(tmp_path, text_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True"], ["--optimizer", "muon", "--adamw_lr_ratio", 0.25]],
-                         ids=["plain", "dropout", "compiled", "muon"])
+@pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True", "--dropout", 0.2],
+                                   ["--optimizer", "muon", "--adamw_lr_ratio", 0.25]],
+                         ids=["plain", "dropout", "compiled-dropout", "muon"])
 def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file, extra):
     """With dropout, the restored random state decides the masks; compiled, the same holds."""
     flags = [*extra, *ONE_THREAD, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
