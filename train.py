@@ -659,7 +659,8 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     shortened = cfg.max_steps < Config.warmup_steps and cfg.warmup_steps == short_warmup(cfg.max_steps)
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
-        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | {dropout_note(cfg, model)}optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
+        f"chunked loss {'on' if cfg.chunked_loss else 'off'} | {dropout_note(cfg, model)}"
+        f"optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}"
         f"{budget_note(cfg, steps_fixed)}"
         f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
