@@ -596,6 +596,7 @@ class Run:
     clock: Clock  # seconds since this process started
     elapsed_before: float  # seconds of the runs this one resumes
     steps_fixed: bool  # False while a time budget has yet to fix max_steps
+    steps_announced: int  # the step count the time budget's lines last said
 
     def elapsed(self):
         """Seconds of training so far, the runs this one resumes included."""
@@ -671,7 +672,8 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     )
     return Run(cfg, processes, device, ctx, model, train_loss, TrainingLoss(model, chunked=cfg.chunked_loss), optimizer,
                loader, val_tokens, loaded.tokenizer, loaded.text_bytes / len(loaded.tokens), grad_accum_steps,
-               first_step, val_loss, clock, resumed.get("elapsed", 0.0) if resumed else 0.0, steps_fixed)
+               first_step, val_loss, clock, resumed.get("elapsed", 0.0) if resumed else 0.0, steps_fixed,
+               cfg.max_steps)
 
 
 def budget_note(cfg, steps_fixed):
@@ -879,6 +881,7 @@ def fix_steps(run, step, costs=None):
               f"{final_eval_seconds(run, costs.evaluate):.0f} s; the run should end after {format_minutes(end)}",
               flush=True)
     max_steps = run.processes.share(max_steps)
+    run.steps_announced = max_steps
     interval = eval_interval_for(max_steps - 1 - step, cfg.evaluations)  # over the steps after this one
     return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=interval)
 
@@ -892,7 +895,8 @@ def adjust_steps(run, step, costs=None, extra_seconds=0.0, earlier_only=False):
     step only moves earlier, when the steps have slowed so that the run would end late,
     and the evaluations to come with it (one it passes comes at once: passed_evaluation);
     an evaluation, which measures everything again, may move it later. The first process
-    decides from costs and tells the others."""
+    decides from costs and tells the others, and says a move made at an evaluation, or
+    between evaluations one of more than 1% since the count it last said."""
     cfg = run.cfg
     left = max(1, evaluations_after(step, cfg.max_steps, cfg.eval_interval))
     max_steps = cfg.max_steps
@@ -904,11 +908,13 @@ def adjust_steps(run, step, costs=None, extra_seconds=0.0, earlier_only=False):
     # between evaluations the interval stays, so the evaluations still to come move earlier with the last step;
     # spread again after every step, they would slide ahead of the run and never come
     interval = cfg.eval_interval if earlier_only else eval_interval_for(max_steps - 1 - step, left)
-    if costs is not None and max_steps != cfg.max_steps:
+    moved = abs(max_steps - run.steps_announced)
+    if costs is not None and moved > 0 and (not earlier_only or moved > run.steps_announced // 100):
         end = planned_end(run, step, max_steps, costs, left, extra_seconds)
         print(f"time budget {cfg.time_budget:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
-              f"instead of {cfg.max_steps}, evaluating every {interval}; the run should end after "
+              f"instead of {run.steps_announced}, evaluating every {interval}; the run should end after "
               f"{format_minutes(end)}", flush=True)
+        run.steps_announced = max_steps
     return dataclasses.replace(cfg, max_steps=max_steps, eval_interval=interval)
 
 
@@ -961,8 +967,8 @@ def finish(run, interrupt, val_loss, ckpt_path):
         print(f"done: checkpoint in {ckpt_path}{last} ({scope}: {final} over {size}, in {time.time() - started:.1f}s)")
         print(f'sample from it with: python sample.py --ckpt {ckpt_path} --prompt "ROMEO:"')
         if not run.steps_fixed:
-            print(f"time budget {cfg.time_budget:g} min: the command took {format_minutes(run.clock.elapsed())} "
-                  f"to this line", flush=True)
+            print(f"time budget {cfg.time_budget:g} min: {cfg.max_steps} steps, and the command took "
+                  f"{format_minutes(run.clock.elapsed())} to this line", flush=True)
     except Quit as quit:
         print(f"\n{SIGNAL_NAMES[quit.signum]}: the checkpoint {ckpt_path} was saved after the last step; "
               f"stopped before the final evaluation ended", flush=True)
