@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 import train
-from cli import UsageError, add_flags, flag_parser, run_main
+from machinery.cli import UsageError, add_flags, flag_parser, run_main
 from model import GPT, pretrained_config
-from data import DataLoader, load_tokens
-from optimizer import configure_optimizers, describe_optimizer
-from speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
+from machinery.data import DataLoader, load_tokens
+from machinery.optimizer import configure_optimizers, describe_optimizer
+from machinery.speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
 
 # (name, dtype, compile, chunked loss); "auto" is what train.py does by default
 MODES = [

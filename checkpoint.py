@@ -33,8 +33,8 @@ from urllib.parse import urlparse
 
 import torch
 
-import tokenizer
-from cli import RunFailure, UsageError, describe_error, flag_parser, run_main
+from machinery import tokenizer
+from machinery.cli import RunFailure, UsageError, describe_error, flag_parser, run_main
 from model import GPT, PRETRAINED, GPTConfig
 
 

@@ -18,11 +18,11 @@ from typing import Literal, Optional
 
 import torch
 
-import explain
-import tokenizer
+from machinery import explain
+from machinery import tokenizer
 from checkpoint import checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint
-from cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from speed import check_device, choose_dtype, pick_device
+from machinery.cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
+from machinery.speed import check_device, choose_dtype, pick_device
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.

@@ -25,15 +25,15 @@ import torch
 
 from checkpoint import (check_tokenizer, checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint,
                         save_checkpoint)
-from budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after,
+from machinery.budget import (MIN_TIMED_STEPS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after,
                     format_minutes, passed_evaluation, planned_seconds, steps_that_fit, timed_steps)
-from cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
-from data import DataLoader, cache_root, load_tokens, split_tokens
+from machinery.cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, pyplot, require, require_at_least, run_main
+from machinery.data import DataLoader, cache_root, load_tokens, split_tokens
 from model import GPT, GPTConfig
-from optimizer import configure_optimizers, describe_optimizer
-from speed import (FastDropout, Processes, TrainingLoss, check_device, compile_model, set_up_device, use_fast_dropout,
+from machinery.optimizer import configure_optimizers, describe_optimizer
+from machinery.speed import (FastDropout, Processes, TrainingLoss, check_device, compile_model, set_up_device, use_fast_dropout,
                    want_compile)
-from tokenizer import Tokenizer, gpt2
+from machinery.tokenizer import Tokenizer, gpt2
 
 # ----------------------------------------------------------------------------
 # The constants a learner edits. Each is also a command-line flag of the same name.

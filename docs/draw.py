@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository, for train.py and cli.py
 
 import train  # noqa: E402
-from cli import pyplot  # noqa: E402
+from machinery.cli import pyplot  # noqa: E402
 
 # the measured runs: (label, log.txt in docs/runs/), in the order of their budgets
 RUNS = [

@@ -10,13 +10,13 @@ import types
 import pytest
 import torch
 
-import budget
+from machinery import budget
 import train
-from budget import (EXIT_SECONDS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after, passed_evaluation,
+from machinery.budget import (EXIT_SECONDS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after, passed_evaluation,
                     steps_that_fit, timed_steps)
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import assert_refused, budget_step_count, signal_when, start_training, train_run
-from speed import Processes
+from machinery.speed import Processes
 
 
 class FakeClock:

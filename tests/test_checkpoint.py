@@ -9,9 +9,9 @@ import torch
 
 import train
 from checkpoint import export, load_checkpoint, model_from_checkpoint
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import randomise, run_script, step_losses, tiny_model, train_run
-from tokenizer import gpt2
+from machinery.tokenizer import gpt2
 from model import GPT
 
 # the GPT-2 vocabulary padded to 50304, as train.py's models have it, at a tiny size

@@ -8,7 +8,7 @@ import pytest
 
 import sample
 import train
-from cli import AutoBool, UsageError, check_fields, flag_parser, run_main
+from machinery.cli import AutoBool, UsageError, check_fields, flag_parser, run_main
 
 
 @dataclass

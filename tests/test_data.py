@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from machinery import data
 import train
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import ONE_THREAD, ROOT, run_script, step_losses, train_run
-from data import DataLoader
-from tokenizer import GPT2_EOT as EOT
-from tokenizer import gpt2
+from machinery.data import DataLoader
+from machinery.tokenizer import GPT2_EOT as EOT
+from machinery.tokenizer import gpt2
 
 
 def tokens_of(input_file, cache_dir):

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-import explain
+from machinery import explain
 import sample
 from conftest import run_script, tiny_model
 from model import draw_token, next_token_distribution
-from tokenizer import train_bpe
+from machinery.tokenizer import train_bpe
 
 SHAKESPEARE = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n" * 20
 
@@ -132,7 +132,7 @@ def test_without_matplotlib_the_tables_still_print(tok, capsys, tmp_path, monkey
 
 
 def test_a_picture_that_cannot_be_written_is_refused(tok, tmp_path):
-    from cli import UsageError
+    from machinery.cli import UsageError
 
     with pytest.raises(UsageError, match="must name a .png file"):
         sample.Config(explain_png=str(tmp_path / "x.jpg"))

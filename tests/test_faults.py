@@ -2,6 +2,7 @@
 code, no traceback, and every file the user had still intact."""
 
 import os
+import glob
 import random
 import re
 import signal
@@ -15,11 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import data
+from machinery import data
 import sample
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from cli import RunFailure, UsageError
+from machinery.cli import RunFailure, UsageError
 from conftest import ONE_THREAD, ROOT, assert_refused, run_script, signal_when, start_training, step_losses, tiny_model, train_run
 
 # ---------------------------------------------------------------------------
@@ -485,7 +486,7 @@ def test_scripts_refuse_a_malicious_checkpoint(tmp_path):
 
 
 def test_every_torch_load_is_weights_only():
-    for name in ("checkpoint.py", "train.py", "sample.py", "bench.py", "data.py", "model.py", "speed.py", "cli.py"):
+    for name in glob.glob("*.py", root_dir=ROOT) + glob.glob("machinery/*.py", root_dir=ROOT):
         with open(os.path.join(ROOT, name)) as f:
             source = f.read()
         assert source.count("torch.load(") == source.count("weights_only=True)"), name

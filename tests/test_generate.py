@@ -7,7 +7,7 @@ import torch
 
 import sample
 from conftest import padding_favourite, run_script, tiny_model
-from tokenizer import gpt2, train_bpe
+from machinery.tokenizer import gpt2, train_bpe
 from model import keep_top_p, sample_next_token
 
 SHAPES = [

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from conftest import tiny_model
 from model import GPT, PRETRAINED, GPTConfig, hf_to_our_state_dict, pretrained_config
-from speed import TrainingLoss, chunked_cross_entropy
+from machinery.speed import TrainingLoss, chunked_cross_entropy
 
 
 # ---------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import torch
 
 import train
 from conftest import TINY_FLAGS, run_script, tiny_model
-from data import DataLoader
-from optimizer import Muon, configure_optimizers
-from speed import TrainingLoss
+from machinery.data import DataLoader
+from machinery.optimizer import Muon, configure_optimizers
+from machinery.speed import TrainingLoss
 
 # ---------------------------------------------------------------------------
 # Which parameters go where

@@ -25,12 +25,12 @@ import torch.distributed.run as torchrun
 import sample
 import train
 from checkpoint import save_checkpoint
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import ROOT
-from data import DataLoader, text_files
+from machinery.data import DataLoader, text_files
 from model import GPT
-from optimizer import configure_optimizers
-from tokenizer import gpt2
+from machinery.optimizer import configure_optimizers
+from machinery.tokenizer import gpt2
 
 # What a story's folder shares with the repository: the text, and the recipes' flags files
 FROM_THE_REPO = ["input", "recipes"]
@@ -319,8 +319,8 @@ def test_every_link_and_anchor_a_page_gives_leads_somewhere():
 
 
 def test_requirements_name_every_package_the_code_imports():
-    sources = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py"))
-    ours = {os.path.splitext(os.path.basename(source))[0] for source in sources}
+    sources = [os.path.join(ROOT, path) for folder in ("", "machinery", "tests") for path in glob.glob(f"{folder}/*.py".lstrip("/"), root_dir=ROOT)]
+    ours = {os.path.splitext(os.path.basename(source))[0] for source in sources} | {"machinery"}
     imported = set()
     for source in sources + [os.path.join(ROOT, "docs", "draw.py")]:
         with open(source, encoding="utf-8") as f:
@@ -347,7 +347,7 @@ def test_every_picture_a_page_shows_exists():
 def test_docs_draw_draws_the_schedule_and_the_recipes_curves(tmp_path):
     import importlib.util
 
-    from cli import pyplot
+    from machinery.cli import pyplot
 
     spec = importlib.util.spec_from_file_location("draw", os.path.join(ROOT, "docs", "draw.py"))
     draw = importlib.util.module_from_spec(spec)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import bench
-import speed
+from machinery import speed
 import train
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import ONE_THREAD, TINY_FLAGS, run_script, step_losses, tiny_model
-from data import DataLoader
-from optimizer import configure_optimizers
-from speed import FastDropout, TrainingLoss
+from machinery.data import DataLoader
+from machinery.optimizer import configure_optimizers
+from machinery.speed import FastDropout, TrainingLoss
 
 
 def test_dtype_forced_or_chosen(monkeypatch):

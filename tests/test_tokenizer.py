@@ -10,10 +10,10 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tokenizer
+from machinery import tokenizer
 from conftest import ROOT, run_script
-from data import text_pieces
-from tokenizer import EOT_TEXT, gpt2, train_bpe
+from machinery.data import text_pieces
+from machinery.tokenizer import EOT_TEXT, gpt2, train_bpe
 
 # ---------------------------------------------------------------------------
 # GPT-2's

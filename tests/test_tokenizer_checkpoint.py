@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 import sample
 import train
 from checkpoint import check_tokenizer, checkpoint_tokenizer, export, load_checkpoint
-from cli import UsageError
+from machinery.cli import UsageError
 from conftest import ROOT, assert_refused, padding_favourite, randomise, run_script, tiny_model, train_run
-from tokenizer import EOT_TEXT, gpt2, train_bpe
+from machinery.tokenizer import EOT_TEXT, gpt2, train_bpe
 
 # texts the tokenizer was not trained on, with what byte-level BPE must get right:
 # runs of spaces and newlines, tabs, digits, accents, other scripts, emoji, a lone \r

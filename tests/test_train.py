@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from machinery import data
 import train
 from conftest import ONE_THREAD, ROOT, TINY_FLAGS, assert_refused, randomise, run_script, step_losses, tiny_model, train_run
-from data import DataLoader
-from tokenizer import gpt2
-from optimizer import configure_optimizers
-from speed import TrainingLoss
+from machinery.data import DataLoader
+from machinery.tokenizer import gpt2
+from machinery.optimizer import configure_optimizers
+from machinery.speed import TrainingLoss
 
 
 # ---------------------------------------------------------------------------

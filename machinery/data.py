@@ -42,9 +42,9 @@ except ImportError:  # Windows: no lock; each run's own temporary file still kee
 import numpy as np
 import torch
 
-import tokenizer
-from cli import UsageError
-from speed import physical_cores
+from machinery import tokenizer
+from machinery.cli import UsageError
+from machinery.speed import physical_cores
 
 PIECE_BYTES = 4 << 20  # how much text is read at a time
 PROJECT = "homegpt"  # the project's short name, which names its folder in the user's cache

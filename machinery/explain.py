@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cli import UsageError, describe_error, pyplot
+from machinery.cli import UsageError, describe_error, pyplot
 
 TOP = 5  # most likely tokens shown per row
 

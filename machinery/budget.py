@@ -16,7 +16,7 @@ import math
 import os
 import time
 
-from cli import UsageError
+from machinery.cli import UsageError
 
 MIN_TIMED_STEPS = 3  # the first step warms up, so at least two more give a typical step time
 EXIT_SECONDS = 2.0  # after the final evaluation: its closing lines and the exit (train.py skips the teardown)

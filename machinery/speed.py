@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from cli import UsageError, describe_error
+from machinery.cli import UsageError, describe_error
 
 # ----------------------------------------------------------------------------
 # Device, precision, threads
