@@ -3,18 +3,17 @@ A GPT-2 language model in one file, written to be read top to bottom.
 
     GPTConfig            the hyperparameters that fix the model's shape
     CausalSelfAttention, MLP, Block   the pieces of one transformer block
-    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits,
-                         Hugging Face GPT-2 weights in (from_pretrained) and out
-                         (save_pretrained), generation
+    GPT                  embeddings -> n_layer blocks -> final LayerNorm -> logits, GPT-2's
+                         weights in (from_pretrained) and out (save_pretrained), generation
     PRETRAINED           the shapes of OpenAI's four GPT-2 models
-    KVCache, sample_next_token        what generation needs: the cache, the sampling rule
-                         (the distribution, then the draw)
+    KVCache, next_token_distribution, draw_token   generation's cache, distribution, draw
 
 Parameter names follow OpenAI's GPT-2 checkpoint (transformer.h.0.attn.c_attn...),
 so state dicts move between this file, nanoGPT and Hugging Face without renaming.
-Nothing here is about training, speed or files: optimizer.py holds the optimizers,
-speed.py the speed-ups (among them a chunked loss that training asks for by name),
-checkpoint.py the files.
+Nothing here is about training, speed or files: machinery/optimizer.py holds the
+optimizers, machinery/speed.py the speed-ups (among them a chunked loss that training
+asks for by name), checkpoint.py the files, and machinery/huggingface.py the mapping
+between these weights and Hugging Face's, which from_pretrained and save_pretrained use.
 """
 
 import math
@@ -54,12 +53,6 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         # dropout on the attention weights: on a CPU it needs the (T, T) matrix, which the fused kernel never stores
         self.attn_dropout = config.dropout if config.attn_dropout else 0.0
-        # Explaining a sample (explain.py) wants to see the attention weights, which the
-        # fused kernel never stores. It turns keep_weights on; the layer then computes
-        # them explicitly and keeps the last ones in self.weights (B, nh, T, past + T).
-        self.keep_weights = False
-        self.weights = None
-
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch, time (sequence length), channels (n_embd)
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
@@ -71,26 +64,12 @@ class CausalSelfAttention(nn.Module):
             assert kv_cache.length == 0 or T == 1, "with a cache: the prompt at once, then one token at a time"
             k, v = kv_cache.append(k, v)  # every position so far: (B, nh, past + T, hs)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if self.keep_weights:
-            y = self.attend_explicitly(q, k, v, dropout_p)  # (B, nh, T, hs)
-        else:
-            # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
-            # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
-            # A single new token (T == 1) may look at every cached position: no mask.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout_p)  # (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs)) v with a causal mask; PyTorch picks a fused
+        # ("flash") kernel where it has one, so the (T, T) matrix is never stored.
+        # A single new token (T == 1) may look at every cached position: no mask.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-    def attend_explicitly(self, q, k, v, dropout_p):
-        """The same attention as the fused kernel, one step at a time, keeping the weights.
-        q (B, nh, T, hs) are the newest T positions; k, v (B, nh, S, hs) all S so far."""
-        T, S = q.size(-2), k.size(-2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
-        # query i is position S - T + i: it sees keys 0..S - T + i, never a later one
-        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
-        self.weights = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)  # each row sums to 1
-        return F.dropout(self.weights, dropout_p) @ v  # (B, nh, T, hs)
-
 
 class MLP(nn.Module):
     """Each position on its own: widen 4x, GELU, project back."""
@@ -164,9 +143,7 @@ class GPT(nn.Module):
         are a lookup, not compute. Token embeddings are counted, because weight tying
         makes them the lm_head as well (and a tied tensor is counted once)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
-        return n
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx, kv_cache=None):
         """The final LayerNorm's output for token ids idx (B, T): (B, T, C), what the
@@ -208,47 +185,26 @@ class GPT(nn.Module):
         overridden; the shape comes from the weights."""
         from transformers import GPT2LMHeadModel
 
+        from machinery.huggingface import hf_to_our_state_dict
+
         unknown = set(overrides) - {"dropout", "attn_dropout"}
         if unknown:
             raise ValueError(f"from_pretrained can only override dropout and attn_dropout, not {sorted(unknown)}")
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=local_files_only)
         hf_config = hf_model.config
-        config = GPTConfig(
-            block_size=hf_config.n_positions,
-            vocab_size=hf_config.vocab_size,
-            n_layer=hf_config.n_layer,
-            n_head=hf_config.n_head,
-            n_embd=hf_config.n_embd,
-            bias=True,  # GPT-2 has biases everywhere
-            **overrides,
-        )
+        config = GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size, n_layer=hf_config.n_layer,
+                           n_head=hf_config.n_head, n_embd=hf_config.n_embd, bias=True, **overrides)  # biases everywhere
         model = cls(config)
         model.load_state_dict(hf_to_our_state_dict(hf_model.state_dict(), model.state_dict()))
         return model
 
-    def save_pretrained(self, directory, tokenizer):
-        """Write this model as a Hugging Face GPT-2, the mirror of from_pretrained:
-        config.json, the weights as model.safetensors, generation_config.json, and the
-        files of tokenizer, the one it was trained with (tokenizer.py's: it writes them
-        itself). transformers' AutoModelForCausalLM, AutoTokenizer and
-        pipeline("text-generation") then load the directory as it is."""
-        from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write this model as a Hugging Face GPT-2 directory, the mirror of from_pretrained,
+        with the files of tokenizer, the one it was trained with (GPT-2's when not given):
+        transformers then loads it as it is. The work is machinery/huggingface.py's."""
+        from machinery.huggingface import export
 
-        c = self.config
-        eot = tokenizer.eot  # <|endoftext|> begins and ends a document
-        hf_config = GPT2Config(
-            vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout if c.attn_dropout else 0.0,
-            bos_token_id=eot, eos_token_id=eot,
-        )
-        hf_model = GPT2LMHeadModel(hf_config)
-        hf_model.load_state_dict(our_to_hf_state_dict(self.state_dict(), hf_model.state_dict()))
-        # rows past the tokenizer's ids only pad the vocabulary: they stand for no text,
-        # so Hugging Face's generate must never pick them
-        padding_ids = list(range(tokenizer.n_vocab, c.vocab_size))
-        hf_model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, suppress_tokens=padding_ids or None)
-        hf_model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        export(self, directory, tokenizer)
 
     # ------------------------------------------------------------------------
     # Generation
@@ -258,11 +214,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True, n_vocab=None, on_distribution=None):
-        """Yield the next token of every row of idx (B, T), as a (B, 1) tensor, max_new_tokens
-        times. See next_token_distribution and draw_token for temperature, top_k, top_p and
-        generator; on_distribution, if given, is called with each step's distribution
-        (B, n_vocab) before its draw.
+                        generator=None, use_cache=True, n_vocab=None):
+        """Yield the next token of every row of idx (B, T), as a (B, 1) tensor, with the
+        distribution it was drawn from (B, n_vocab), which `sample.py --explain` shows,
+        max_new_tokens times. See next_token_distribution and draw_token for temperature,
+        top_k, top_p and generator.
         n_vocab: how many ids the tokenizer has (None: as many as the model has rows); the
         rows beyond them only pad the vocabulary, stand for no text and are never picked.
         With the cache, only the newest token goes through the model at each step.
@@ -278,23 +234,18 @@ class GPT(nn.Module):
                 cache = self.new_kv_cache() if use_cache else None
                 logits, _ = self(idx[:, -block_size:], kv_cache=cache)
             probs = next_token_distribution(logits[:, -1, :n_vocab], temperature, top_k, top_p)  # (B, n_vocab)
-            if on_distribution is not None:
-                on_distribution(probs)
             idx_next = draw_token(probs, temperature, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-            yield idx_next
+            yield idx_next, probs
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True,
                  n_vocab=None):
         """idx (B, T) followed by max_new_tokens generated tokens: (B, T + max_new_tokens)."""
         steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache, n_vocab)
-        return torch.cat([idx, *steps], dim=1)
+        return torch.cat([idx, *(token for token, _ in steps)], dim=1)
 
 
 # ----------------------------------------------------------------------------
-# OpenAI's GPT-2 weights
-
-
 # The shapes of OpenAI's four GPT-2 models. All have 50257 tokens and 1024 positions.
 GPT2_VOCAB_SIZE = 50257
 PRETRAINED = {
@@ -308,41 +259,6 @@ PRETRAINED = {
 def pretrained_config(name):
     """The GPTConfig of one of OpenAI's GPT-2 models, without downloading anything."""
     return GPTConfig(block_size=1024, vocab_size=GPT2_VOCAB_SIZE, bias=True, **PRETRAINED[name])
-
-
-# OpenAI's checkpoint stores its Linear layers as "Conv1D" modules whose weight is
-# (in, out), the transpose of nn.Linear's (out, in): these four move transposed.
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def hf_to_our_state_dict(hf_sd, our_sd):
-    """Map a Hugging Face GPT-2 state dict onto ours, checking every shape."""
-    out = {}
-    for key, ours in our_sd.items():
-        if key not in hf_sd:
-            raise ValueError(f"the pretrained weights have no {key}")
-        theirs = hf_sd[key].t() if key.endswith(TRANSPOSED) else hf_sd[key]
-        if theirs.shape != ours.shape:
-            raise ValueError(f"{key}: pretrained shape {tuple(theirs.shape)}, model shape {tuple(ours.shape)}")
-        out[key] = theirs
-    return out
-
-
-def our_to_hf_state_dict(our_sd, hf_sd):
-    """The other way: our state dict in Hugging Face's layout (hf_sd gives its keys and
-    shapes). GPT-2 always has biases; a model trained with bias=False gets zero ones,
-    which compute the same thing."""
-    out = {}
-    for key, theirs in hf_sd.items():
-        if key in our_sd:
-            out[key] = our_sd[key].t() if key.endswith(TRANSPOSED) else our_sd[key]
-        elif key.endswith(".bias"):
-            out[key] = torch.zeros_like(theirs)
-        else:
-            raise ValueError(f"the model has no {key}")
-        if out[key].shape != theirs.shape:
-            raise ValueError(f"{key}: model shape {tuple(out[key].shape)}, Hugging Face shape {tuple(theirs.shape)}")
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -366,18 +282,11 @@ class KVCache:
         """Store k and v (B, nh, T, hs); return the keys and values of all positions so far."""
         B, nh, T, hs = k.shape
         if self.k is None:
-            self.k = k.new_zeros(B, nh, self.max_length, hs)
-            self.v = v.new_zeros(B, nh, self.max_length, hs)
+            self.k, self.v = k.new_zeros(B, nh, self.max_length, hs), v.new_zeros(B, nh, self.max_length, hs)
         self.k[:, :, self.length : self.length + T] = k
         self.v[:, :, self.length : self.length + T] = v
         self.length += T
         return self.k[:, :, : self.length], self.v[:, :, : self.length]  # (B, nh, length, hs)
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token id per row of logits (B, vocab_size), as (B, 1): the draw from the
-    distribution. See next_token_distribution and draw_token."""
-    return draw_token(next_token_distribution(logits, temperature, top_k, top_p), temperature, generator)
 
 
 def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None):
@@ -391,8 +300,7 @@ def next_token_distribution(logits, temperature=1.0, top_k=None, top_p=None):
         return F.softmax(logits, dim=-1)
     logits = logits / temperature
     if top_k is not None:
-        k = min(top_k, logits.size(-1))
-        kth_best = torch.topk(logits, k).values[:, [-1]]  # (B, 1)
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     probs = F.softmax(logits, dim=-1)  # (B, vocab_size)
     if top_p is not None and top_p < 1.0:

@@ -151,14 +151,15 @@ def generate(model, tok, prompt_ids, prompt, generators, cfg, on_token=None, on_
     """Samples generated together, one row per generator, until each one stops or has
     max_new_tokens; returns them (Sample) and the number of tokens generated.
     on_token(sample) is called whenever a sample grows, on_distribution(probs) with
-    the (n, n_vocab) distributions each step draws from."""
+    the (n, n_vocab) distribution each step drew from."""
     idx = torch.tensor(prompt_ids, dtype=torch.long, device=cfg.device).repeat(len(generators), 1)  # (n, T)
     samples = [Sample(tok, prompt, cfg.stop) for _ in generators]
     steps = model.generate_stream(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache, n_vocab=tok.n_vocab,
-                                  on_distribution=on_distribution)
+                                  top_p=cfg.top_p, generator=generators, use_cache=cfg.kv_cache, n_vocab=tok.n_vocab)
     n_tokens = 0
-    for next_tokens in steps:  # (n, 1)
+    for next_tokens, probs in steps:  # (n, 1), (n, n_vocab)
+        if on_distribution:
+            on_distribution(probs)
         n_tokens += len(samples)
         for sample, token in zip(samples, next_tokens[:, 0].tolist()):
             if sample.done:

@@ -40,26 +40,35 @@ def look_inside(model, window):
     """Inside of the model for token ids window (T,), in float32 (a float32 copy of a
     model in bfloat16). The logit lens applies ln_f and the lm_head to each block's
     output, as if the model stopped there; after the last block it is the model's own
-    prediction."""
+    prediction. The attention weights, which the fused kernel never stores, are computed
+    again from each layer's queries and keys (attention_weights)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
     blocks = model.transformer.h
-    block_outputs = []  # each block's output at the last position, (C,) each
+    block_outputs, qkvs = [], []  # each block's output at the last position (C,), and its (T, 3C) queries, keys, values
     hooks = [block.register_forward_hook(lambda module, args, out: block_outputs.append(out[0, -1])) for block in blocks]
-    for block in blocks:
-        block.attn.keep_weights = True  # the explicit softmax, which keeps its weights
+    hooks += [block.attn.c_attn.register_forward_hook(lambda module, args, out: qkvs.append(out[0])) for block in blocks]
     try:
         with torch.no_grad():
             hidden = model.hidden_states(window[None])  # (1, T, C)
             logits = model.lm_head(hidden[0])  # (T, vocab_size)
             lens = model.lm_head(model.transformer.ln_f(torch.stack(block_outputs)))  # (n_layer, vocab_size)
-            attention = torch.stack([block.attn.weights[0] for block in blocks])  # (n_layer, n_head, T, T)
+            attention = torch.stack([attention_weights(qkv, model.config.n_head) for qkv in qkvs])  # (n_layer, nh, T, T)
     finally:
         for hook in hooks:
             hook.remove()
-        for block in blocks:
-            block.attn.keep_weights, block.attn.weights = False, None
     return Inside(logits.float().cpu(), lens.float().cpu(), attention.float().cpu())
+
+
+def attention_weights(qkv, n_head):
+    """softmax(q k^T / sqrt(hs)) with the causal mask, (nh, T, T), from one layer's
+    queries, keys and values side by side, qkv (T, 3C): what model.py's attention
+    computes inside the fused kernel."""
+    T, C = qkv.size(0), qkv.size(1) // 3
+    q, k, _ = (part.view(T, n_head, C // n_head).transpose(0, 1) for part in qkv.split(C, dim=1))  # (nh, T, hs) each
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // n_head)  # (nh, T, T)
+    visible = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()  # position i sees 0..i
+    return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)  # each row sums to 1
 
 
 @dataclass

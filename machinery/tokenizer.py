@@ -8,6 +8,7 @@ How text becomes tokens, and tokens text again: the one home of the tokenizers.
     BPETokenizer    a byte-level BPE vocabulary trained on your own text with Hugging
                     Face tokenizers
     train_bpe       training one, from pieces of text
+    padded_vocab    the model's output rows for a vocabulary: a multiple of 64
     from_dict       the tokenizer a checkpoint or the token cache describes
 
 Both work on bytes, not characters: any text, in any script, becomes tokens and comes
@@ -216,6 +217,11 @@ def train_bpe(pieces, vocab_size):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     hf.train_from_iterator(pieces, trainer)
     return BPETokenizer(hf)
+
+
+def padded_vocab(n_vocab):
+    """The model's output rows for n_vocab tokens: a multiple of 64, for faster matmuls."""
+    return -(-n_vocab // 64) * 64
 
 
 @functools.cache

@@ -23,7 +23,7 @@ def exported(tmp_path_factory):
     """(the model with every parameter random, the directory save_pretrained wrote it to)."""
     model = randomise(tiny_model(seed=1, **PADDED))
     directory = tmp_path_factory.mktemp("export") / "gpt"
-    model.save_pretrained(directory, gpt2())
+    model.save_pretrained(directory)  # GPT-2's tokenizer, as Hugging Face's convention has it
     return model, str(directory)
 
 
@@ -33,6 +33,12 @@ def tokens(seed, shape=(2, 32), high=50257):
 
 # ---------------------------------------------------------------------------
 # Export to Hugging Face
+
+
+def test_save_pretrained_without_a_tokenizer_refuses_another_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="pass the tokenizer it was trained with"):
+        tiny_model().save_pretrained(tmp_path / "gpt")  # 100 tokens: not GPT-2's
+    assert not (tmp_path / "gpt").exists()
 
 
 def test_export_writes_what_transformers_expects(exported):

@@ -92,7 +92,23 @@ def test_a_bfloat16_model_is_explained_in_float32_and_left_as_it_was():
     inside = explain.look_inside(model, torch.randint(0, 100, (10,)))
     assert inside.logits.dtype == inside.attention.dtype == torch.float32
     assert next(model.parameters()).dtype == torch.bfloat16
-    assert all(not block.attn.keep_weights and block.attn.weights is None for block in model.transformer.h)
+    assert not any(block.attn.c_attn._forward_hooks for block in model.transformer.h)
+
+
+def test_the_attention_weights_are_those_the_fused_kernel_applies():
+    """attention_weights, from a layer's queries and keys, times its values, is what the
+    layer's fused kernel hands its output projection; causal, and each row sums to one."""
+    model = tiny_model(n_layer=1, n_head=4)
+    attn = model.transformer.h[0].attn
+    seen = {}
+    attn.c_attn.register_forward_hook(lambda module, args, out: seen.update(qkv=out[0]))
+    attn.c_proj.register_forward_hook(lambda module, args, out: seen.update(heads=args[0][0]))
+    with torch.no_grad():
+        model.hidden_states(torch.randint(0, 100, (1, 12)))
+    weights = explain.attention_weights(seen["qkv"], n_head=4)  # (nh, T, T)
+    v = seen["qkv"][:, 64:].view(12, 4, 8).transpose(0, 1)  # (nh, T, hs): n_embd 32, so values from column 64
+    assert torch.allclose((weights @ v).transpose(0, 1).reshape(12, 32), seen["heads"], atol=1e-5)
+    assert torch.all(weights.triu(diagonal=1) == 0) and torch.allclose(weights.sum(dim=-1), torch.ones(4, 12))
 
 
 def test_a_prompt_longer_than_the_window(tok, capsys, tmp_path):

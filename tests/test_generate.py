@@ -8,7 +8,7 @@ import torch
 import sample
 from conftest import padding_favourite, run_script, tiny_model
 from machinery.tokenizer import gpt2, train_bpe
-from model import keep_top_p, sample_next_token
+from model import draw_token, keep_top_p, next_token_distribution
 
 SHAPES = [
     dict(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8),
@@ -89,9 +89,9 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
 
 def test_sampling_respects_top_p_and_greedy():
     logits = torch.log(torch.tensor([[0.1, 0.5, 0.1, 0.3]]))
-    drawn = {sample_next_token(logits, top_p=0.7, generator=torch.Generator().manual_seed(s)).item() for s in range(50)}
+    drawn = {draw_token(next_token_distribution(logits, top_p=0.7), generator=torch.Generator().manual_seed(s)).item() for s in range(50)}
     assert drawn == {1, 3}
-    assert sample_next_token(logits, temperature=0).item() == 1
+    assert draw_token(next_token_distribution(logits, temperature=0), temperature=0).item() == 1
 
 
 def test_plain_sampling_draws_from_the_temperature_and_top_k_softmax():
@@ -126,7 +126,7 @@ class Playback:
 
     def generate_stream(self, idx, max_new_tokens, **kwargs):
         for column in list(zip(*self.rows))[:max_new_tokens]:
-            yield torch.tensor(column)[:, None]
+            yield torch.tensor(column)[:, None], None
 
 
 def run_generate(model, stop=None, stop_at_eot=True, max_new_tokens=10):

@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import tiny_model
-from model import GPT, PRETRAINED, GPTConfig, hf_to_our_state_dict, pretrained_config
+from machinery.huggingface import hf_to_our_state_dict
+from model import GPT, PRETRAINED, GPTConfig, pretrained_config
 from machinery.speed import TrainingLoss, chunked_cross_entropy
 
 
@@ -154,60 +155,6 @@ def test_attn_dropout_false_drops_nothing_inside_attention(attn_dropout):
         attention.train()
         trained = attention(x)
     assert torch.allclose(trained, evaluated, atol=1e-6) == (not attn_dropout)
-
-
-def keeping_weights(model, keep=True):
-    for block in model.transformer.h:
-        block.attn.keep_weights = keep
-    return model
-
-
-def test_explicit_attention_equals_the_fused_kernel():
-    """keep_weights computes softmax(q k^T / sqrt(hs)) step by step: every block's output
-    is the fused path's, and the default path keeps nothing."""
-    model = tiny_model(n_layer=3)
-    idx = torch.randint(0, 100, (2, 20))
-
-    def block_outputs():
-        outputs = []
-        hooks = [block.register_forward_hook(lambda module, inputs, output: outputs.append(output))
-                 for block in model.transformer.h]
-        with torch.no_grad():
-            model.hidden_states(idx)
-        for hook in hooks:
-            hook.remove()
-        return outputs  # one (B, T, n_embd) per block
-
-    fused = block_outputs()
-    assert all(block.attn.weights is None for block in model.transformer.h)
-    keeping_weights(model)
-    explicit = block_outputs()
-    assert len(explicit) == len(fused) == 3
-    for e, f in zip(explicit, fused):
-        assert (e - f).abs().max().item() < 1e-5
-
-
-def test_explicit_attention_is_causal_and_each_row_sums_to_one():
-    model = keeping_weights(tiny_model(n_layer=1, n_head=4))
-    with torch.no_grad():
-        model.hidden_states(torch.randint(0, 100, (2, 12)))
-    weights = model.transformer.h[0].attn.weights  # (B, nh, T, T)
-    assert weights.shape == (2, 4, 12, 12)
-    assert torch.all(weights.triu(diagonal=1) == 0)  # nothing after the position itself
-    assert torch.allclose(weights.sum(dim=-1), torch.ones(2, 4, 12))
-
-
-def test_explicit_attention_with_the_cache_sees_every_cached_position():
-    model = tiny_model()
-    idx = torch.randint(0, 100, (1, 10))
-    with torch.no_grad():
-        fused, _ = model(idx)  # the last position's logits
-        keeping_weights(model)
-        cache = model.new_kv_cache()
-        model(idx[:, :-1], kv_cache=cache)
-        explicit, _ = model(idx[:, -1:], kv_cache=cache)
-    assert (explicit - fused).abs().max().item() < 1e-5
-    assert model.transformer.h[0].attn.weights.shape == (1, 2, 1, 10)  # one new token, ten positions
 
 
 # ---------------------------------------------------------------------------
