@@ -36,7 +36,8 @@ from machinery.cli import UsageError, add_flags, flag_parser, run_main
 from model import GPT, pretrained_config
 from machinery.data import DataLoader, load_tokens
 from machinery.optimizer import configure_optimizers, describe_optimizer
-from machinery.speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, set_up_device, want_compile
+from machinery.tokenizer import padded_vocab
+from machinery.speed import TrainingLoss, choose_dtype, cpu_has_native_bf16, physical_cores, prepare_device, want_compile
 
 # (name, dtype, compile, chunked loss); "auto" is what train.py does by default
 MODES = [
@@ -103,7 +104,7 @@ def build(flags):
     """The model, its optimizer and its training loss as train.py sets them up (on random
     tokens), and what was switched on: a dict."""
     cfg = train.Config(**flags)
-    device, device_type, dtype, ctx = set_up_device(cfg.device, cfg.dtype, cfg.threads)
+    device, device_type, dtype, ctx = prepare_device(cfg.device, cfg.dtype, cfg.threads)
     torch.manual_seed(cfg.seed)
     model = GPT(train.model_shape(cfg)).to(device)
     optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
@@ -248,7 +249,7 @@ def start_parent(flags):
     """(train.py's constants, the device) for a comparison that runs its modes in child
     processes, after printing the machine it runs on."""
     cfg = train.Config(**flags)
-    device, device_type, _, _ = set_up_device(cfg.device, cfg.dtype, cfg.threads)
+    device, device_type, _, _ = prepare_device(cfg.device, cfg.dtype, cfg.threads)
     print_machine(device_type)
     return cfg, device
 
@@ -329,7 +330,7 @@ def bench_tokenizers(bench, flags):
     with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(io.StringIO()):  # never the user's cache
         for name in ("gpt2", "bpe"):
             loaded = load_tokens(cfg.input_file, cache, name, train.BPE_VOCAB_SIZE)
-            shapes[name] = (train.padded_vocab(loaded.tokenizer.n_vocab), loaded.train_bytes / loaded.n_train)
+            shapes[name] = (padded_vocab(loaded.tokenizer.n_vocab), loaded.train_bytes / loaded.n_train)
     print(f"model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd} | {cfg.total_batch_size:,} tokens per "
           f"step | bytes per token on the training text of {cfg.input_file} | {bench.warmup} warm-up + {bench.steps} "
           f"timed steps x {bench.rounds} rounds per tokenizer")

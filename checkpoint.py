@@ -4,8 +4,13 @@ GPT-2 through Hugging Face, and the export of a checkpoint to Hugging Face's for
 
     python checkpoint.py --ckpt log/ckpt.pt --out_dir my-gpt   # export for transformers
 
+    training_state         what a checkpoint of train.py holds
     save_checkpoint        write a checkpoint so that a crash never destroys the last one
     load_checkpoint        read one back, ours or nanoGPT's (only plain data is unpickled)
+    resumable, restore     the rules for resuming one, and the state it puts back
+    starting_point         the weights a run starts from: a checkpoint, GPT-2's, or none
+    source_tokenizer       the tokenizer those weights know
+    build_model            the GPT to train or sample, from scratch or from those weights
     model_from_checkpoint  the GPT a checkpoint holds
     checkpoint_tokenizer   the tokenizer it was trained with
     check_tokenizer        a one-line error when --tokenizer does not fit the weights training starts from
@@ -36,6 +41,34 @@ import torch
 from machinery import tokenizer
 from machinery.cli import RunFailure, UsageError, describe_error, flag_parser, run_main
 from model import GPT, PRETRAINED, GPTConfig
+
+
+# what resuming needs from a checkpoint, and the constants that fix a model's shape
+RESUME_KEYS = {"model", "config", "optimizer", "step", "val_loss", "train_config", "data_position", "rng_state"}
+SHAPE_KEYS = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("dropout", "attn_dropout")]
+
+
+def training_state(model, optimizer, train_config, loader, step, val_loss, tok, elapsed, steps_fixed):
+    """Everything a resumed run needs to continue exactly where this one stopped."""
+    return {
+        "elapsed": elapsed,  # seconds of training so far, all runs together: log.txt's last column goes on from it
+        "steps_fixed": steps_fixed,  # False while a time budget has not fixed max_steps yet
+        "tokenizer": tok.to_dict(),  # so the checkpoint samples, fine-tunes and exports without the text
+        "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
+        "config": dataclasses.asdict(model.config),
+        "model_args": nanogpt_model_args(model.config),  # the same, under the name nanoGPT reads
+        "optimizer": optimizer.state_dict(),
+        "step": step,  # steps done: a resumed run starts here
+        "val_loss": val_loss,
+        "train_config": train_config,  # train.py's constants, as a dict
+        "data_position": loader.position,
+        "rng_state": torch.get_rng_state(),
+    }
+
+
+def nanogpt_model_args(config):
+    """The GPTConfig as nanoGPT's GPTConfig takes it: without attn_dropout, which it lacks."""
+    return {name: value for name, value in dataclasses.asdict(config).items() if name != "attn_dropout"}
 
 
 def save_checkpoint(path, state):
@@ -73,6 +106,39 @@ def load_checkpoint(path, device="cpu"):
         raise UsageError(f"{path} is not a checkpoint written by train.py or nanoGPT: it has no model and config")
     ckpt["kind"] = f"a checkpoint of this project, after {ckpt['step']} steps" if "step" in ckpt else "a checkpoint of this project"
     return ckpt
+
+
+def resumable(ckpt_path, flags):
+    """The checkpoint that --init_from resume continues, once it is checked to hold what
+    resuming needs and to fit the flags given (a dict): the same optimizer, tokenizer
+    and shape, whose state and weights it holds."""
+    if not os.path.exists(ckpt_path):
+        raise UsageError(f"--init_from resume, but there is no {ckpt_path}: train first with `python train.py`")
+    resumed = load_checkpoint(ckpt_path)
+    missing = sorted(RESUME_KEYS - set(resumed))
+    if missing:
+        raise UsageError(f"{ckpt_path} cannot be resumed: it has no {', '.join(missing)}; fine-tune from it instead "
+                         f"with --init_from {ckpt_path} --log_dir NEW_DIR")
+    saved_optimizer = resumed["train_config"].get("optimizer", "adamw")
+    if flags.get("optimizer", saved_optimizer) != saved_optimizer:
+        raise UsageError(f"{ckpt_path} was trained with --optimizer {saved_optimizer}, whose state it holds: resume "
+                         f"with that, or train a new model in another --log_dir")
+    check_tokenizer(flags.get("tokenizer"), ckpt_path, resumed)
+    changed = [f"--{k} {v}" for k, v in flags.items() if k in SHAPE_KEYS and resumed["config"].get(k) != v]
+    if changed:
+        shape = ", ".join(f"{k}={resumed['config'][k]}" for k in SHAPE_KEYS)
+        raise UsageError(f"--init_from resume continues the checkpoint's model ({shape}), so {' '.join(changed)} "
+                         f"cannot apply: drop it, or train a new model in another --log_dir")
+    return resumed
+
+
+def restore(resumed, optimizer, loader):
+    """Put back what the resumed checkpoint holds besides the weights: the optimizer's
+    state, the data's position and the random state. Returns (first step, last val loss)."""
+    optimizer.load_state_dict(resumed["optimizer"])
+    loader.position = resumed["data_position"]
+    torch.set_rng_state(resumed["rng_state"])
+    return resumed["step"], resumed["val_loss"]
 
 
 def from_nanogpt(ckpt):
@@ -133,6 +199,42 @@ def check_tokenizer(given, source, ckpt=None):
     if given != brought:
         raise UsageError(f"--tokenizer {given} does not fit {source}: its weights know the ids of the {brought} tokenizer "
                          f"only, and keep it; drop --tokenizer, or train a new model from scratch with --tokenizer {given}")
+
+
+# ----------------------------------------------------------------------------
+# The weights a run starts from, and the model built from them
+
+
+def starting_point(init_from, resumed=None, device="cpu"):
+    """The weights a run starts from: the checkpoint it resumes (resumed), a checkpoint
+    file's contents (this project's or nanoGPT's), the name of GPT-2's weights or a
+    Hugging Face directory, or "scratch": none."""
+    if resumed is not None:
+        return resumed
+    if init_from.endswith(".pt") and not os.path.exists(init_from):
+        raise UsageError(f"no checkpoint at {init_from}: check the path given to --init_from")
+    if not os.path.isfile(init_from):
+        return init_from
+    return load_checkpoint(init_from, device)
+
+
+def source_tokenizer(source):
+    """The tokenizer whose ids the weights of source (starting_point's) know; None from
+    scratch, where the run makes its own."""
+    if source == "scratch":
+        return None
+    return checkpoint_tokenizer(source) if isinstance(source, dict) else tokenizer.gpt2()
+
+
+def build_model(source, shape=None, dropout=None, attn_dropout=None):
+    """The GPT to train or sample: a new one of shape (a GPTConfig) from scratch, else the
+    one source (starting_point's) holds. dropout and attn_dropout, if given, replace
+    the weights' own (they are not part of the shape)."""
+    if source == "scratch":
+        return GPT(shape)
+    if isinstance(source, dict):
+        return model_from_checkpoint(source, dropout, attn_dropout)
+    return load_pretrained(source, *(() if dropout is None else (dropout, attn_dropout)))
 
 
 # ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 
 from machinery import explain
 from machinery import tokenizer
-from checkpoint import checkpoint_tokenizer, load_checkpoint, load_pretrained, model_from_checkpoint
+from checkpoint import build_model, source_tokenizer, starting_point
 from machinery.cli import AutoBool, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from machinery.speed import check_device, choose_dtype, pick_device
 
@@ -91,13 +91,12 @@ def read_prompt(prompt):
 
 def load_model(cfg, device):
     """(the model, the tokenizer.Tokenizer whose ids it knows): pretrained GPT-2's, or the checkpoint's own."""
-    if cfg.init_from is not None:
-        return load_pretrained(cfg.init_from), tokenizer.gpt2()
-    if not os.path.exists(cfg.ckpt):
+    if cfg.init_from is None and not os.path.exists(cfg.ckpt):
         raise UsageError(f"no checkpoint at {cfg.ckpt}: train one with `python train.py`, or sample from GPT-2 with --init_from gpt2")
-    ckpt = load_checkpoint(cfg.ckpt, device)
-    model, tok = model_from_checkpoint(ckpt), checkpoint_tokenizer(ckpt)
-    print(f"sampling from {cfg.ckpt}: {ckpt['kind']}, {tok.name} tokenizer", file=sys.stderr)
+    source = starting_point(cfg.init_from or cfg.ckpt, device=device)
+    model, tok = build_model(source), source_tokenizer(source)
+    if cfg.init_from is None:
+        print(f"sampling from {cfg.ckpt}: {source['kind']}, {tok.name} tokenizer", file=sys.stderr)
     return model, tok
 
 

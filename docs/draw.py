@@ -15,10 +15,11 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the repository, for train.py and cli.py
+sys.path.insert(0, os.path.dirname(HERE))  # the repository, for train.py and machinery/
 
 import train  # noqa: E402
 from machinery.cli import pyplot  # noqa: E402
+from machinery.logbook import read_log  # noqa: E402
 
 # the measured runs: (label, log.txt in docs/runs/), in the order of their budgets
 RUNS = [
@@ -40,9 +41,9 @@ def recipe_config(name, max_steps):
 
 
 def draw_schedule(plt, path):
-    steps = max(train.read_log(os.path.join(HERE, "runs", SCHEDULE_RUN))["train"]) + 1
+    steps = max(read_log(os.path.join(HERE, "runs", SCHEDULE_RUN))["train"]) + 1
     cfg = recipe_config("30min.txt", steps)
-    lrs = [train.get_lr(step, cfg) for step in range(steps)]
+    lrs = [train.get_lr(step, cfg.max_steps, cfg) for step in range(steps)]
     fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
     ax.plot(range(steps), lrs, color="tab:blue", label=f"Muon's matrices (max_lr {cfg.max_lr:g})")
     ax.plot(range(steps), [lr * cfg.adamw_lr_ratio for lr in lrs], color="tab:orange",
@@ -61,7 +62,7 @@ def draw_schedule(plt, path):
 
 def validation_by_minute(log_path):
     """([minutes], [bits per byte]) of a run's periodic validation, from its log.txt."""
-    curves = train.read_log(log_path)
+    curves = read_log(log_path)
     steps = [step for step in curves["val_bpb"] if step in curves["seconds"]]
     return [curves["seconds"][s] / 60 for s in steps], [curves["val_bpb"][s] for s in steps]
 

@@ -1,26 +1,32 @@
 """
-The time budget: how many training steps fit in the minutes a learner gives a run.
+How many steps a run takes, and after which ones it evaluates: a fixed number
+(Steps), or as many as fit in the minutes a learner gives the run (TimeBudget).
 
     python train.py --time_budget 30   # the whole command ends within 30 minutes
 
-train.py times its first steps (the warmup, whose length is fixed in steps), its first
-evaluation and its first checkpoint. From those it fixes max_steps, and the learning-rate
-schedule with it, so that the steps left, the evaluations spread over them and the final
-evaluation end within the budget, counted from the moment the process started. A
-machine's speed drifts, so at each later evaluation it measures again and moves the last
-step if it must, and between evaluations it moves it earlier when the steps slow down.
-The arithmetic lives here, on a clock that tests can replace.
+The loop asks two things, steps() and evaluates_after(step), and tells what each step
+and each evaluation cost: step_took, evaluated, saved. A time budget times the first
+steps (the warmup, whose length is fixed in steps), the first evaluation and its
+checkpoint; from those it fixes the step count, and the learning-rate schedule with it,
+so that the steps left, the evaluations spread over them and the final evaluation end
+within the budget, counted from the moment the process started. A machine's speed
+drifts, so at each later evaluation it measures again and moves the last step if it
+must, and between evaluations it moves it earlier when the steps slow down. Under
+torchrun the first process decides, and the others hear its decisions through the same
+calls. Everything runs on a clock that tests can replace.
 """
 
 import math
 import os
 import time
+from typing import NamedTuple
 
 from machinery.cli import UsageError
 
 MIN_TIMED_STEPS = 3  # the first step warms up, so at least two more give a typical step time
-EXIT_SECONDS = 2.0  # after the final evaluation: its closing lines and the exit (train.py skips the teardown)
+EXIT_SECONDS = 2.0  # after the final evaluation: its closing lines and the exit
 SPARE_STEPS = 0.5  # left unplanned at the end: a 5-minute run planned to the second ended 2.4 s late
+UNFIXED_STEPS = 10**9  # the step count until a time budget fixes it: the cosine has not begun
 
 
 def process_age():
@@ -47,10 +53,203 @@ class Clock:
         return self.now() - self.started
 
 
-def timed_steps(warmup_steps):
-    """The steps timed before the step count is fixed: the whole warmup, whose learning
-    rates do not depend on max_steps, and at least MIN_TIMED_STEPS."""
-    return max(warmup_steps, MIN_TIMED_STEPS)
+class Steps:
+    """A fixed number of steps, max_steps, with an evaluation and a checkpoint after every
+    eval_interval-th step and after the last."""
+
+    fixed = True  # the step count is known: the checkpoint says so
+
+    def __init__(self, max_steps, eval_interval):
+        self.max_steps, self.eval_interval = max_steps, eval_interval
+        self.step_seconds = []  # each step's time, in this process
+
+    def steps(self):
+        return self.max_steps
+
+    def evaluates_after(self, step):
+        return (step + 1) % self.eval_interval == 0 or step == self.max_steps - 1
+
+    def step_took(self, step, seconds):
+        """The loop's word on a step: it took seconds. Returns seconds, for the step's line."""
+        self.step_seconds.append(seconds)
+        return seconds
+
+    def evaluated(self, step, evaluate_seconds, seconds):
+        """The loop's word on the evaluation after step, before its checkpoint: the loss
+        alone took evaluate_seconds, with its lines, plot and sample seconds."""
+
+    def saved(self, step, seconds):
+        """The loop's word on the checkpoint after step: writing it took seconds."""
+
+    def eta(self, step):
+        """The time left after step, for the step's line."""
+        return format_minutes(mean_step(self.step_seconds) * (self.max_steps - step - 1))
+
+    def constants(self):
+        """The constants the step count stands for, as the checkpoint keeps them."""
+        return {"max_steps": self.max_steps, "eval_interval": self.eval_interval}
+
+    def note(self):
+        """The start-up line's words on the step count (none for a fixed one)."""
+        return ""
+
+    def summary(self):
+        """The closing line's words on the step count, or None."""
+        return None
+
+
+class Costs(NamedTuple):
+    """What a time budget plans with, in seconds."""
+
+    step: float  # a training step
+    evaluation: float  # an evaluation with its lines, plot, sample and checkpoint
+    evaluate: float  # the validation loss alone
+
+
+class TimeBudget(Steps):
+    """As many steps as fit in `minutes`, with `evaluations` evaluations spread over them
+    after the first one, which fixes the count. final_share: the final evaluation's
+    tokens over a periodic one's, so that its time follows from theirs. processes: the
+    first one decides, and share() gives every process its decision. A run resumed after
+    the count was fixed keeps it: fixed_steps (max_steps, eval_interval)."""
+
+    def __init__(self, minutes, evaluations, warmup_steps, final_share, processes, clock, first_step=0,
+                 fixed_steps=None):
+        super().__init__(*(fixed_steps or (UNFIXED_STEPS, UNFIXED_STEPS)))
+        self.minutes, self.evaluations, self.final_share = minutes, evaluations, final_share
+        self.processes, self.clock, self.first_step = processes, clock, first_step
+        self.fixed = fixed_steps is not None
+        self.planning = not self.fixed  # this run fixes the count, and moves it; a resumed one keeps it
+        self.timed_steps = max(warmup_steps, MIN_TIMED_STEPS)  # the warmup's rates do not depend on max_steps
+        # a run resumed before the count was fixed times a few steps of its own
+        self.deciding_at = None if self.fixed else max(self.timed_steps, first_step + MIN_TIMED_STEPS) - 1
+        self.decided_at = None
+        self.costs, self.save_seconds = None, 0.0
+        self.announced = self.max_steps  # the count the last line said
+        self.due = None  # a step whose evaluation came at once: the last step moved past it
+        if self.fixed:
+            print(f"the time budget fixed max_steps at {self.max_steps} when this run began: resuming keeps it")
+
+    def evaluates_after(self, step):
+        if not self.fixed:
+            return step == self.deciding_at
+        # counted back from the last step, so that a new interval spreads the evaluations to come over the steps to come
+        return (self.max_steps - 1 - step) % self.eval_interval == 0 or step == self.due
+
+    def step_took(self, step, seconds):
+        super().step_took(step, seconds)
+        if not self.fixed and step == self.first_step:
+            check_fits(self.minutes, self.clock.elapsed(), 0, "start-up, compiling and the first step")
+        if self.fixed and self.planning and step < self.max_steps - 1 and not self.evaluates_after(step):
+            left = self.evaluations_after(step)
+            costs = self.costs._replace(step=self.recent_step()) if self.processes.main else None
+            self.plan(step, costs, earlier_only=True)
+            if self.evaluations_after(step) < left:  # the last step moved past an evaluation: it comes now
+                self.due = step
+        return seconds
+
+    def evaluated(self, step, evaluate_seconds, seconds):
+        main = self.processes.main
+        if not self.fixed:  # the timed evaluation: fix the count (refused here, a run leaves no checkpoint behind)
+            if main:
+                check_fits(self.minutes, self.clock.elapsed(), self.final_share * evaluate_seconds,
+                           f"start-up, compiling, {step + 1 - self.first_step} steps and an evaluation")
+                self.costs = Costs(mean_step(self.step_seconds), seconds, evaluate_seconds)
+            self.fix(step)
+        elif self.planning and step < self.max_steps - 1:
+            if main:  # the evaluation's checkpoint is still to come: it takes what the last one took
+                self.costs = Costs(self.recent_step(), seconds + self.save_seconds, evaluate_seconds)
+            self.plan(step, self.costs if main else None, extra_seconds=self.save_seconds)
+
+    def saved(self, step, seconds):
+        self.save_seconds = seconds
+        if self.planning and step == self.decided_at:  # the count was fixed before its checkpoint's cost was known
+            costs = self.costs._replace(evaluation=self.costs.evaluation + seconds) if self.processes.main else None
+            self.plan(step, costs, earlier_only=True)
+
+    def fix(self, step):
+        """Fix the count after the timed step: the first process decides and says so."""
+        max_steps = 0
+        if self.processes.main:
+            max_steps = self.count_for(step, self.costs, self.evaluations)
+            end = self.planned_end(step, max_steps, self.costs, self.evaluations)
+            print(f"time budget {self.minutes:g} min: {max_steps} steps of {self.costs.step:.1f} s, {self.evaluations} "
+                  f"evaluations of {self.costs.evaluation:.1f} s and a final one of about "
+                  f"{self.final_share * self.costs.evaluate:.0f} s; the run should end after {format_minutes(end)}",
+                  flush=True)
+        self.max_steps = self.announced = self.processes.share(max_steps)
+        self.eval_interval = eval_interval_for(self.max_steps - 1 - step, self.evaluations)  # over the steps after this
+        self.fixed, self.deciding_at, self.decided_at = True, None, step
+
+    def plan(self, step, costs, extra_seconds=0.0, earlier_only=False):
+        """Move the last step so that the run still ends within its budget: at an
+        evaluation, which measured everything again, as many steps as fit; between
+        evaluations, after every step, only earlier (never before the next step, which
+        then evaluates), when the steps have slowed. The first process decides from costs
+        (the others pass None), and says a move made at an evaluation, or between
+        evaluations one of more than 1% since the count it last said."""
+        left = max(1, self.evaluations_after(step))
+        max_steps = self.max_steps
+        if costs is not None:
+            max_steps = self.count_for(step, costs, left, extra_seconds)
+            if earlier_only:
+                max_steps = max(step + 2, min(max_steps, self.max_steps))
+        max_steps = self.processes.share(max_steps)
+        # between evaluations the interval stays, so the evaluations still to come move earlier with the last step;
+        # spread again after every step, they would slide ahead of the run and never come
+        if not earlier_only:
+            self.eval_interval = eval_interval_for(max_steps - 1 - step, left)
+        self.max_steps = max_steps
+        moved = abs(max_steps - self.announced)
+        if costs is not None and moved > 0 and (not earlier_only or moved > self.announced // 100):
+            end = self.planned_end(step, max_steps, costs, left, extra_seconds)
+            print(f"time budget {self.minutes:g} min: steps now take {costs.step:.2f} s, so {max_steps} steps "
+                  f"instead of {self.announced}, evaluating every {self.eval_interval}; the run should end after "
+                  f"{format_minutes(end)}", flush=True)
+            self.announced = max_steps
+
+    def count_for(self, step, costs, evaluations, extra_seconds=0.0):
+        """The step count: as many steps after `step` as fit in what is left of the budget,
+        with `evaluations` evaluations, the final one and extra_seconds of other work."""
+        seconds_left = self.minutes * 60 - self.clock.elapsed() - extra_seconds
+        return step + 1 + steps_that_fit(seconds_left, costs.step, evaluations, costs.evaluation,
+                                         self.final_share * costs.evaluate)
+
+    def planned_end(self, step, max_steps, costs, evaluations, extra_seconds=0.0):
+        """When a run that goes on to max_steps should end, in seconds from the start."""
+        return self.clock.elapsed() + extra_seconds + planned_seconds(
+            max_steps - 1 - step, costs.step, evaluations, costs.evaluation, self.final_share * costs.evaluate)
+
+    def evaluations_after(self, step):
+        """The evaluations still to come after step, the last step's among them."""
+        return max(0, math.ceil((self.max_steps - 1 - step) / self.eval_interval))
+
+    def recent_step(self):
+        """What the budget plans the next steps with: the mean of the last eval_interval."""
+        return mean_step(self.step_seconds, last=self.eval_interval)
+
+    def eta(self, step):
+        if not self.planning:
+            return super().eta(step)
+        return format_minutes(self.minutes * 60 - self.clock.elapsed())
+
+    def note(self):
+        if self.fixed:
+            return ""
+        return f"time budget {self.minutes:g} min: max_steps fixed after step {self.timed_steps - 1} | "
+
+    def summary(self):
+        if not self.planning:
+            return None
+        return (f"time budget {self.minutes:g} min: {self.max_steps} steps, and the command took "
+                f"{format_minutes(self.clock.elapsed())} to this line")
+
+
+def mean_step(step_seconds, last=None):
+    """The mean time of the last `last` steps (of all of them when None), leaving out the
+    first step and its one-off warm-up unless it is the only one."""
+    kept = step_seconds[1 if last is None else max(1, len(step_seconds) - last):] or step_seconds
+    return sum(kept) / len(kept)
 
 
 def check_fits(minutes, elapsed, final_seconds, done):
@@ -82,25 +281,6 @@ def eval_interval_for(steps, evaluations):
     """The interval that spreads at most `evaluations` evaluations over `steps` steps,
     counted back from the last of them, which always has one."""
     return max(1, math.ceil(steps / evaluations))
-
-
-def evaluates_at(step, max_steps, eval_interval):
-    """Whether a budgeted run evaluates after step: every eval_interval steps, counted back
-    from the last step, so that when the budget moves the last step, a new interval can
-    spread the evaluations still to come over the steps still to come."""
-    return (max_steps - 1 - step) % eval_interval == 0
-
-
-def evaluations_after(step, max_steps, eval_interval):
-    """How many evaluations a budgeted run has still to come after step, the last step's among them."""
-    return max(0, math.ceil((max_steps - 1 - step) / eval_interval))
-
-
-def passed_evaluation(step, before, after):
-    """Whether moving the last step earlier between evaluations (the Config before and
-    after) brought an evaluation to step or past it: one fewer still to come. It is then due now."""
-    return (evaluations_after(step, after.max_steps, after.eval_interval)
-            < evaluations_after(step, before.max_steps, before.eval_interval))
 
 
 def format_minutes(seconds):

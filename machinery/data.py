@@ -9,6 +9,7 @@ the train/validation split, and the loader that walks through a split.
     split_point     where validation starts: the first line break after 90% of the text's bytes
     split_tokens    the tokens before it to train on, the rest to validate on
     DataLoader      B x T inputs and their next-token targets, batch after batch
+    Windows         where an evaluation reads: periodic_windows, final_windows
 
 The text is never held in memory whole, and its tokens never as Python objects: it is
 read a few MB at a time, cut where GPT-2's tokenizer would cut anyway, tokenized on
@@ -430,3 +431,54 @@ class DataLoader:
         x = buf[:-1].view(B, T)  # inputs (B, T)
         y = buf[1:].view(B, T)  # targets (B, T)
         return x, y
+
+
+# ----------------------------------------------------------------------------
+# The windows an evaluation reads
+
+# The final evaluation reads every window of the validation split up to about this much
+# text, and beyond it a sample of that size spread evenly over the split: input's
+# validation split (258 KB) is always read whole, and a split of any size takes seconds.
+FINAL_EVAL_BYTES = 300_000
+FINAL_EVAL_BATCH_TOKENS = 8192  # windows per forward pass in the final evaluation: as many as make this many tokens
+
+
+class Windows(NamedTuple):
+    """Where an evaluation reads a split: windows of T tokens at starts, per_batch of
+    them in one forward pass. Always the same ones for the same split, so that numbers
+    from different steps and runs are comparable."""
+
+    starts: list
+    T: int
+    per_batch: int
+
+    def batches(self, tokens):
+        """(x, y) per forward pass: the windows (n, T), and their next-token targets (n, T)."""
+        for i in range(0, len(self.starts), self.per_batch):
+            rows = [torch.from_numpy(tokens[s : s + self.T + 1].astype(np.int64)) for s in self.starts[i : i + self.per_batch]]
+            both = torch.stack(rows)  # (n, T + 1)
+            yield both[:, :-1], both[:, 1:]
+
+    def describe(self, n_tokens):
+        """(which windows, how many tokens) of a split of n_tokens, for the final evaluation's lines."""
+        size = len(self.starts) * self.T
+        if len(self.starts) == (n_tokens - 1) // self.T:
+            return "on the whole validation split, every window", f"{size:,} tokens"
+        return f"on {len(self.starts):,} windows spread evenly over the validation split", f"{size:,} of its {n_tokens:,} tokens"
+
+
+def periodic_windows(n_tokens, B, T, eval_steps):
+    """The windows of a periodic evaluation: eval_steps batches of B consecutive windows,
+    spread evenly over the whole split, not only its first pages, which need not be typical."""
+    span = n_tokens - B * T - 1  # the last position a batch can start at
+    starts = [round(i * span / max(1, eval_steps - 1)) for i in range(eval_steps)]
+    return Windows([start + b * T for start in starts for b in range(B)], T, B)
+
+
+def final_windows(n_tokens, T, max_tokens):
+    """The windows of the final evaluation: every window of T tokens in a split of n_tokens
+    (each needs one more token for its last target) or, when they hold more than
+    max_tokens, max_tokens // T of them spread evenly over the split."""
+    n_windows = (n_tokens - 1) // T
+    n_kept = max(1, min(n_windows, max_tokens // T))
+    return Windows([(i * n_windows // n_kept) * T for i in range(n_kept)], T, max(1, FINAL_EVAL_BATCH_TOKENS // T))

@@ -6,10 +6,10 @@ changes the model. docs/performance.md measures each one.
     check_device      a device name this machine has, or a one-line error
     choose_dtype      bfloat16 where the hardware multiplies it natively, else float32
     autocast_context  bf16 autocast, or nothing to switch on
-    set_up_device     device, dtype, autocast and threads (one per physical core), once
-    Processes         this process's place under torchrun: DDP, gradient sync, agreeing to stop
+    prepare_device     device, dtype, autocast and threads (one per physical core), once
     want_compile, compile_model   torch.compile, with a fallback when it fails
-    FastDropout, use_fast_dropout  dropout that draws 16 random bits per element, not a float
+    seconds_since     a step's time, once the GPU has done it
+    FastDropout, use_fast_dropout, describe_dropout   dropout that draws 16 random bits per element, not a float
     TrainingLoss      the model as training calls it, with the chunked loss by name
     ChunkedCrossEntropy           the loss without holding all the logits at once
 """
@@ -115,88 +115,30 @@ def physical_cores():
     return len(cores)
 
 
-def set_up_device(device_name, dtype_setting, threads=0, processes=None):
+def prepare_device(device_name, dtype_setting, threads=0, processes=None):
     """Device, dtype and threads, chosen once: (device, device_type, dtype, autocast context).
-    Under torchrun each process takes the GPU numbered by its LOCAL_RANK, and on the CPU
-    the cores are shared among the processes of this machine."""
-    processes = processes or Processes()
+    Under torchrun (processes: machinery/processes.py's) each process takes the GPU
+    numbered by its LOCAL_RANK, and on the CPU the cores are shared among the processes
+    of this machine."""
     device = pick_device(device_name)
     device_type = device.split(":")[0]
-    if processes.world_size > 1 and device_type in ("cuda", "xpu") and ":" not in device:
+    if processes and processes.world_size > 1 and device_type in ("cuda", "xpu") and ":" not in device:
         device = f"{device_type}:{processes.local_rank}"
         getattr(torch, device_type).set_device(device)
     if device_type == "cpu":
-        torch.set_num_threads(threads or max(1, physical_cores() // processes.local_world_size))
+        torch.set_num_threads(threads or max(1, physical_cores() // (processes.local_world_size if processes else 1)))
     if device_type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls autocast leaves in float32
     dtype = choose_dtype(dtype_setting, device_type)
     return device, device_type, dtype, autocast_context(device_type, dtype)
 
 
-# ----------------------------------------------------------------------------
-# Several processes: torchrun and DistributedDataParallel
-
-
-class Processes:
-    """This process's place among those torchrun started (RANK, LOCAL_RANK, WORLD_SIZE in
-    its environment), or one process alone. Alone, nothing here does any work: plain
-    `python train.py` runs no distributed code."""
-
-    def __init__(self):
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        self.main = self.rank == 0  # the one that prints, writes log/ and saves checkpoints
-
-    def start(self, device_name):
-        """Join the other processes: gloo between CPUs; between CUDA GPUs nccl for the
-        gradients, and gloo still for the small CPU tensors of agree() and share()."""
-        if self.world_size > 1:
-            backend = "cpu:gloo,cuda:nccl" if pick_device(device_name).startswith("cuda") else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-
-    def wrap(self, module, device):
-        """module inside DistributedDataParallel, which averages the gradients of all
-        processes during backward(); module itself when alone."""
-        if self.world_size == 1:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [torch.device(device).index] if device.startswith(("cuda", "xpu")) else None
-        return DistributedDataParallel(module, device_ids=ids)
-
-    def sync_gradients(self, module, last_micro_step):
-        """Gradients are averaged across processes once per step, on the last micro-step;
-        the others only add to .grad locally (DDP's no_sync)."""
-        if self.world_size == 1 or last_micro_step:
-            return nullcontext()
-        return module.no_sync()
-
-    def agree(self, loss, stop):
-        """(the mean of loss over processes, whether any process wants to stop): one
-        all-reduce per step, so every process prints the same loss and stops at the same step."""
-        if self.world_size == 1:
-            return loss, stop
-        both = torch.tensor([loss, float(stop)], dtype=torch.float64)
-        torch.distributed.all_reduce(both)  # summed; gloo has no average
-        return both[0].item() / self.world_size, both[1].item() > 0
-
-    def share(self, value):
-        """The first process's value of an int, in every process."""
-        if self.world_size == 1:
-            return value
-        shared = torch.tensor([value], dtype=torch.int64)
-        torch.distributed.broadcast(shared, src=0)
-        return int(shared.item())
-
-    def barrier(self):
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def close(self):
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+def seconds_since(started, device):
+    """The seconds since started (time.time()) that the work queued on device took: a GPU
+    works asynchronously, so wait for it first."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.time() - started
 
 
 # ----------------------------------------------------------------------------
@@ -255,6 +197,15 @@ class FastDropout(nn.Dropout):
         bits = draws.view(torch.int16)[:n].view(x.shape)  # uniform from -32768 to 32767
         keep = bits >= dropped - 32768
         return x * keep * (65536 / (65536 - dropped))
+
+
+def describe_dropout(model, p):
+    """The start-up line's words on dropout, if there is any (p), and whether its masks
+    are drawn the fast way."""
+    if p == 0:
+        return ""
+    fast = any(isinstance(module, FastDropout) for module in model.modules())
+    return f"dropout {p:g}{' (16-bit masks)' if fast else ''} | "
 
 
 def use_fast_dropout(model):

@@ -1,22 +1,21 @@
 """The time budget: the step count it fixes ends the run within the budget, on a fake clock
-and for real, resumed runs keep it, and budgets too small are refused in one line."""
+and for real, resumed runs keep it, every process hears the same decisions, and budgets
+too small are refused in one line."""
 
 import math
 import random
 import re
 import signal
-import types
 
 import pytest
 import torch
 
-from machinery import budget
 import train
-from machinery.budget import (EXIT_SECONDS, Clock, check_fits, eval_interval_for, evaluates_at, evaluations_after, passed_evaluation,
-                    steps_that_fit, timed_steps)
-from machinery.cli import UsageError
 from conftest import assert_refused, budget_step_count, signal_when, start_training, train_run
-from machinery.speed import Processes
+from machinery import budget
+from machinery.budget import EXIT_SECONDS, Clock, Costs, Steps, TimeBudget, check_fits, eval_interval_for, steps_that_fit
+from machinery.cli import UsageError
+from machinery.processes import Processes
 
 
 class FakeClock:
@@ -38,11 +37,11 @@ def test_steps_that_fit_leaves_room_for_evaluations_final_and_exit():
 @pytest.mark.parametrize("steps, evaluations", [(212, 6), (7, 6), (6, 6), (5, 6), (1000, 10), (1, 3)])
 def test_eval_interval_spreads_at_most_the_evaluations_asked_for(steps, evaluations):
     """Over the steps after the one the count is fixed or moved at (here -1), counted back from the last."""
-    interval = eval_interval_for(steps, evaluations)
-    at = [s for s in range(steps) if evaluates_at(s, steps, interval)]
-    assert len(at) == evaluations_after(-1, steps, interval) <= evaluations and at[-1] == steps - 1
+    kept = TimeBudget(30, evaluations, 10, 1.0, Processes(), Clock(age=0.0), fixed_steps=(steps, eval_interval_for(steps, evaluations)))
+    at = [s for s in range(steps) if kept.evaluates_after(s)]
+    assert len(at) == kept.evaluations_after(-1) <= evaluations and at[-1] == steps - 1
     if steps >= 10 * evaluations:  # a real run's hundreds of steps: as many as asked
-        assert len(at) == evaluations and at[0] >= interval - evaluations
+        assert len(at) == evaluations and at[0] >= kept.eval_interval - evaluations
 
 
 def test_minutes_are_written_as_a_clock_would():
@@ -50,7 +49,11 @@ def test_minutes_are_written_as_a_clock_would():
 
 
 def test_the_warmup_is_timed_whole():
-    assert timed_steps(10) == 10 and timed_steps(0) == timed_steps(1) == budget.MIN_TIMED_STEPS
+    for warmup, decision in [(10, 9), (0, budget.MIN_TIMED_STEPS - 1), (1, budget.MIN_TIMED_STEPS - 1)]:
+        timed = new_budget(30, FakeClock(), warmup_steps=warmup)
+        assert [s for s in range(20) if timed.evaluates_after(s)] == [decision]
+    resumed = new_budget(30, FakeClock(), first_step=8)  # resumed before the count was fixed: times 3 steps of its own
+    assert [s for s in range(20) if resumed.evaluates_after(s)] == [8 + budget.MIN_TIMED_STEPS - 1]
 
 
 def test_clock_counts_from_the_process_start():
@@ -62,50 +65,49 @@ def test_clock_counts_from_the_process_start():
     assert counted.elapsed() == 15.0
 
 
-def fake_run(minutes, clock, evaluations=6, val_tokens=20_000, T=64, B=4, eval_steps=4, warmup_steps=10):
-    """What fix_steps reads from a Run, on a fake clock that started at 0."""
-    cfg = train.Config(time_budget=minutes, evaluations=evaluations, T=T, B=B, block_size=T, eval_steps=eval_steps,
-                       total_batch_size=B * T, warmup_steps=warmup_steps, max_steps=train.UNFIXED_STEPS,
-                       eval_interval=train.UNFIXED_STEPS, device="cpu")
-    return types.SimpleNamespace(cfg=cfg, clock=Clock(now=clock, age=0.0), processes=Processes(),
-                                 val_tokens=torch.zeros(val_tokens, dtype=torch.long), bytes_per_token=3.0,
-                                 steps_announced=cfg.max_steps)
+def test_a_fixed_count_evaluates_every_interval_and_at_the_last_step():
+    steps = Steps(25, 10)
+    assert steps.steps() == 25 and [s for s in range(25) if steps.evaluates_after(s)] == [9, 19, 24]
+    assert steps.constants() == {"max_steps": 25, "eval_interval": 10} and steps.fixed and steps.note() == ""
+    for s, seconds in enumerate([30.0, 1.0, 3.0]):  # the first step compiles: the eta leaves it out
+        steps.step_took(s, seconds)
+    assert steps.eta(2) == "0m44s"  # 22 steps left of 2 s
+
+
+# The final evaluation of the runs simulated here reads 19.5 times the tokens of a periodic one
+FINAL_SHARE = 19.5
+
+
+def new_budget(minutes, clock, evaluations=6, warmup_steps=10, first_step=0, fixed_steps=None, processes=None):
+    """A TimeBudget on a fake clock that started at clock.t."""
+    return TimeBudget(minutes, evaluations, warmup_steps, FINAL_SHARE, processes or Processes(), Clock(now=clock, age=0.0),
+                      first_step, fixed_steps)
 
 
 def simulate(minutes, start_up, step_seconds, evaluation_seconds):
-    """A whole budgeted run on a fake clock, as train.py's loop drives it: step_seconds(step)
-    is what each step takes, every evaluation (with its checkpoint) takes
-    evaluation_seconds, of which half is the validation loss alone. Returns (the seconds
-    the command took, the steps it took, its last Config, the steps that evaluated after the timed one)."""
+    """A whole budgeted run on a fake clock, driven as train.py's loop drives its budget:
+    step_seconds(step) is what each step takes; every evaluation takes evaluation_seconds:
+    half of it the validation loss alone, a quarter its lines and sample, a quarter its
+    checkpoint. Returns (the seconds the command took, the steps it took, the budget,
+    the steps that evaluated after the timed one)."""
     clock = FakeClock()
     clock.t = 0.0
-    run = fake_run(minutes, clock)
+    timed = new_budget(minutes, clock)
     clock.t = start_up
-    evaluate_seconds = evaluation_seconds / 2
-    decision = timed_steps(run.cfg.warmup_steps) - 1
-    times = [step_seconds(step) for step in range(decision + 1)]
-    clock.t += sum(times) + evaluation_seconds  # the timed steps, the first evaluation and its save
-    run.cfg = train.fix_steps(run, decision, train.BudgetCosts(train.typical_step(times), evaluation_seconds,
-                                                               evaluate_seconds))
-    clock.t += evaluation_seconds  # the decision's own save (evaluation_seconds holds one)
-    step, evaluated = decision + 1, []
-    while step < run.cfg.max_steps:
-        times.append(step_seconds(step))
-        clock.t += times[-1]
-        cfg = run.cfg
-        last_step = step == cfg.max_steps - 1
-        costs = train.BudgetCosts(train.recent_step(times, cfg), evaluation_seconds, evaluate_seconds)
-        holding = not last_step and not train.evaluates_after(step, cfg)
-        if holding:  # between evaluations, after every step
-            run.cfg = train.adjust_steps(run, step, costs, earlier_only=True)
-        if train.evaluates_after(step, cfg) or (holding and passed_evaluation(step, cfg, run.cfg)):
-            clock.t += evaluation_seconds
+    step, evaluated = 0, []
+    while step < timed.steps():
+        clock.t += step_seconds(step)
+        timed.step_took(step, step_seconds(step))
+        if timed.evaluates_after(step):
+            clock.t += 0.75 * evaluation_seconds
+            timed.evaluated(step, 0.5 * evaluation_seconds, 0.75 * evaluation_seconds)
+            clock.t += 0.25 * evaluation_seconds
+            timed.saved(step, 0.25 * evaluation_seconds)
             evaluated.append(step)
-            if not last_step:
-                run.cfg = train.adjust_steps(run, step, costs)
         step += 1
-    clock.t += train.final_eval_seconds(run, evaluate_seconds) + EXIT_SECONDS
-    return clock.t, step, run.cfg, evaluated
+    clock.t += FINAL_SHARE * 0.5 * evaluation_seconds + EXIT_SECONDS
+    assert evaluated[0] == timed.timed_steps - 1
+    return clock.t, step, timed, evaluated[1:]
 
 
 def assert_spread(evaluated, steps, asked=6, decision=9):
@@ -125,12 +127,12 @@ def test_a_run_on_a_quiet_machine_ends_within_its_budget_and_uses_it(minutes, st
     """Steps and evaluations always take what the timed start measured: the run ends within
     the budget and, from 30 minutes on, no earlier than the larger of 95% of it and the
     budget less two steps."""
-    took, steps, cfg, evaluated = simulate(minutes, start_up, lambda step: step_seconds, evaluation_seconds)
+    took, steps, timed, evaluated = simulate(minutes, start_up, lambda step: step_seconds, evaluation_seconds)
     budget_seconds = minutes * 60
     assert took <= budget_seconds
     if minutes >= 30:
         assert took >= max(0.95 * budget_seconds, budget_seconds - 2 * step_seconds), (took, steps)
-    assert steps == cfg.max_steps
+    assert steps == timed.steps() == timed.constants()["max_steps"]
     assert_spread(evaluated, steps)
 
 
@@ -156,61 +158,81 @@ def test_a_count_that_moves_far_spreads_the_evaluations_asked_for_over_it(speed)
 
 
 @pytest.mark.parametrize("step_seconds", [
-    lambda step: 1.5 if step < 1000 else 1.575,  # 5% slower after the last evaluation but one (at step 979)
+    lambda step: 1.5 if step < 1000 else 1.575,  # 5% slower after the last evaluation but one
     lambda step: 1.5 if step < 950 else 1.5 * (1 + 0.08 * min(1, (step - 950) / 150)),  # slower and slower at the end
     lambda step: 10.0 if step == 1100 else 1.5,  # one step held up by another process
 ])
 def test_steps_that_slow_down_between_evaluations_still_end_within_the_budget(step_seconds):
     """A 30-minute run on Zen 5 planned to end at 29m59s at its last evaluation but one,
-    then its last 153 steps took 2.00 s instead of 1.93, and it ended at 30m08s. After
-    every step the last step now moves earlier when the run would end late."""
+    then its last 153 steps took 2.00 s instead of 1.93: it would have ended at 30m08s.
+    After every step the last step moves earlier when the run would end late."""
     took, steps, _, evaluated = simulate(30, 10.0, step_seconds, 1.2)
     assert 0.95 * 1800 <= took <= 1800, (took, steps)
     assert_spread(evaluated, steps)
 
 
-def fixed_run(max_steps=1000, eval_interval=100, evaluations=6):
-    """A 30-minute run whose count is fixed, 50 s in, at step 499 of 1,000 steps of 1.5 s."""
+def test_the_zen5_run_that_ended_at_30m08s_ends_within_its_budget():
+    """That run replayed: 1.93 s steps after a 52 s start, 2.00 s for its last 153."""
+    took, steps, _, evaluated = simulate(30, 52.0, lambda step: 1.93 if step < 750 else 2.00, 2.0)
+    assert 0.95 * 1800 <= took <= 1800, (took, steps)
+    assert_spread(evaluated, steps)
+
+
+def planned_budget(step_seconds=1.5, steps_done=500):
+    """A 30-minute budget that fixed 1,000 steps, evaluating every 100, planned with steps
+    of 1.5 s and evaluations of 1.2 s (0.6 s the loss alone), 1,000 s in, after steps_done
+    steps that took step_seconds each."""
     clock = FakeClock()
     clock.t = 0.0
-    run = fake_run(30, clock, evaluations=evaluations)
-    run.cfg = train.dataclasses.replace(run.cfg, max_steps=max_steps, eval_interval=eval_interval)
-    run.steps_announced = max_steps
+    timed = new_budget(30, clock)
+    timed.max_steps = timed.announced = 1000
+    timed.eval_interval, timed.fixed, timed.deciding_at = 100, True, None
+    timed.costs = Costs(1.5, 1.2, 0.6)
+    timed.step_seconds = [step_seconds] * steps_done
     clock.t = 1000.0
-    return run
+    return timed
 
 
 def test_between_evaluations_the_last_step_moves_only_earlier():
-    run, costs = fixed_run(), train.BudgetCosts(1.5, 1.2, 0.6)
-    at_speed = train.adjust_steps(run, 499, costs)  # at an evaluation: as many as fit (about 530 more)
-    assert at_speed.max_steps > 1000
-    assert train.adjust_steps(run, 499, costs, earlier_only=True).max_steps == 1000  # between them: no later
-    slower = train.adjust_steps(run, 499, costs._replace(step=2.0), earlier_only=True)
-    assert slower.max_steps == train.adjust_steps(run, 499, costs._replace(step=2.0)).max_steps < 1000
-    # the interval stays: the evaluations still to come move earlier with the last step (599 -> 586 at 987 steps)
-    a_bit_slower = train.adjust_steps(run, 499, costs._replace(step=1.6), earlier_only=True)
-    assert a_bit_slower.eval_interval == 100 and a_bit_slower.max_steps == 987
-    assert [s for s in range(500, 987) if evaluates_at(s, 987, 100)] == [586, 686, 786, 886, 986]
+    at_speed = planned_budget()
+    at_speed.evaluated(500, 0.6, 1.2)  # at an evaluation: as many as fit (about 530 more)
+    assert at_speed.steps() > 1000
+    between = planned_budget()
+    between.step_took(500, 1.5)
+    assert between.steps() == 1000  # between them: no later
+    slower, slower_evaluated = planned_budget(2.0), planned_budget(2.0)
+    slower.step_took(500, 2.0)
+    slower_evaluated.evaluated(500, 0.6, 1.2)
+    assert slower.steps() == slower_evaluated.steps() < 1000
+    # the interval stays: the evaluations still to come move earlier with the last step (599 -> 587 at 988 steps)
+    a_bit_slower = planned_budget(1.6)
+    a_bit_slower.step_took(500, 1.6)
+    assert a_bit_slower.eval_interval == 100 and a_bit_slower.steps() == 988
+    assert [s for s in range(501, 988) if a_bit_slower.evaluates_after(s)] == [587, 687, 787, 887, 987]
     # never before the next step, which then evaluates and saves, however slow the steps
-    assert train.adjust_steps(run, 499, costs._replace(step=1000.0), earlier_only=True).max_steps == 501
+    held_up = planned_budget(1000.0)
+    held_up.step_took(500, 1000.0)
+    assert held_up.steps() == 502 and held_up.evaluates_after(500)
 
 
 def test_a_move_between_evaluations_is_said_only_when_it_is_more_than_1_percent(capsys):
-    run, costs = fixed_run(), train.BudgetCosts(1.5, 1.2, 0.6)
-    run.cfg = train.adjust_steps(run, 499, costs._replace(step=1.57), earlier_only=True)
-    assert 990 <= run.cfg.max_steps < 1000 and capsys.readouterr().out == ""  # 1,000 still the count last said
-    run.cfg = train.adjust_steps(run, 499, costs._replace(step=1.6), earlier_only=True)
-    assert "so 987 steps instead of 1000," in capsys.readouterr().out
-    run.cfg = train.adjust_steps(run, 499, costs._replace(step=1.59), earlier_only=True)
-    assert run.cfg.max_steps == 987 and capsys.readouterr().out == ""  # between evaluations, never later
-    train.adjust_steps(run, 499, costs._replace(step=1.59))  # an evaluation says any move, 3 steps here
-    assert "so 990 steps instead of 987," in capsys.readouterr().out
+    timed = planned_budget(1.57)
+    timed.step_took(500, 1.57)
+    assert 990 <= timed.steps() < 1000 and capsys.readouterr().out == ""  # 1,000 still the count last said
+    timed.step_seconds[-100:] = [1.6] * 100
+    timed.step_took(501, 1.6)
+    assert "so 989 steps instead of 1000," in capsys.readouterr().out
+    timed.step_seconds[-100:] = [1.59] * 100
+    timed.step_took(502, 1.59)
+    assert timed.steps() == 989 and capsys.readouterr().out == ""  # between evaluations, never later
+    timed.evaluated(502, 0.6, 1.2)  # an evaluation says any move
+    assert re.search(r"so 99\d steps instead of 989,", capsys.readouterr().out)
 
 
 def test_a_two_hour_run_whose_steps_jitter_says_few_moves(capsys):
-    """A 2-hour run on the Xeon said 308 times between its evaluations that the last step
-    had moved, mostly by a step or two. Steps that jitter by 4% and slow down by 5% over
-    the run now leave a few such lines, and the run still ends within its budget."""
+    """Steps that jitter by 4% and slow down by 5% over a 2-hour run leave a few lines on
+    the moves between evaluations (a 2-hour run on the Xeon once said 308, mostly of a
+    step or two), and the run still ends within its budget."""
     jitter = random.Random(0)
     took, steps, _, _ = simulate(120, 50.0, lambda step: 1.4 * (1 + 0.05 * step / 5000) * jitter.uniform(0.96, 1.04),
                                  1.0)
@@ -218,29 +240,86 @@ def test_a_two_hour_run_whose_steps_jitter_says_few_moves(capsys):
     assert 0.95 * 7200 <= took <= 7200 and said <= 12, (took, steps, said)
 
 
-def test_an_evaluation_the_last_step_moves_past_comes_at_once():
-    before = types.SimpleNamespace(max_steps=1000, eval_interval=100)  # evaluates after steps 599, 699, ..., 999
-    assert not passed_evaluation(597, before, before)
-    assert not passed_evaluation(597, before, types.SimpleNamespace(max_steps=999, eval_interval=100))  # now at 598
-    assert passed_evaluation(597, before, types.SimpleNamespace(max_steps=998, eval_interval=100))  # now at 597
-    assert passed_evaluation(597, before, types.SimpleNamespace(max_steps=990, eval_interval=100))  # at 589: passed
+@pytest.mark.parametrize("moved_to, due", [(999, False), (998, True), (990, True)])
+def test_an_evaluation_the_last_step_moves_past_comes_at_once(moved_to, due):
+    """1,000 steps evaluate after steps 599, 699, ... 999. Step 597 moves the last step:
+    to 999 the next evaluation moves to 598; to 998 it is at 597, now; to 990, at 589,
+    passed: it comes now, and the others follow the last step."""
+    timed = planned_budget()
+    timed.count_for = lambda step, costs, evaluations, extra_seconds=0.0: moved_to
+    assert not timed.evaluates_after(597)
+    timed.step_took(597, 1.5)
+    assert timed.steps() == moved_to and timed.evaluates_after(597) == due
 
 
 def test_a_few_slow_steps_after_the_count_is_fixed_do_not_stop_the_evaluations():
     """On Zen 4, 5 steps right after the count was fixed took 5 to 6 s instead of 4.1, and
-    the last step moved after each of them. The interval was spread again every step, so
-    the next evaluation kept sliding ahead: none came in the next 230 steps. Now the
-    evaluations move earlier with the last step, and the next evaluation moves it back."""
+    the last step moved after each of them: the evaluations move earlier with it, and
+    the next evaluation moves it back."""
     took, steps, _, evaluated = simulate(30, 75.0, lambda step: 5.8 if 11 <= step <= 15 else 4.1, 2.5)
     assert 0.95 * 1800 <= took <= 1800, (took, steps)
     assert_spread(evaluated, steps)
 
 
-def test_the_recent_step_time_leaves_out_the_first_step():
-    cfg = types.SimpleNamespace(eval_interval=3)
-    assert train.recent_step([30.0, 1.0, 2.0], cfg) == 1.5  # the first step compiles
-    assert train.recent_step([30.0, 1.0, 2.0, 3.0, 4.0], cfg) == 3.0  # the last eval_interval steps
-    assert train.recent_step([30.0], cfg) == 30.0
+def test_the_mean_step_time_leaves_out_the_first_step():
+    for times, last, mean in [([30.0, 1.0, 2.0], 3, 1.5), ([30.0, 1.0, 2.0, 3.0, 4.0], 3, 3.0), ([30.0], 3, 30.0),
+                              ([30.0, 1.0, 2.0, 3.0, 4.0], None, 2.5)]:  # the first step compiles
+        assert budget.mean_step(times, last) == mean
+
+
+def test_a_resumed_run_keeps_its_count(capsys):
+    """Resumed after the count was fixed, a run goes on to the same last step, however its
+    steps and evaluations go, and evaluates where the count says."""
+    clock = FakeClock()
+    kept = new_budget(30, clock, first_step=400, fixed_steps=(1000, 100))
+    assert "the time budget fixed max_steps at 1000 when this run began: resuming keeps it" in capsys.readouterr().out
+    for step in range(400, 1000):
+        clock.t += 5.0  # far slower than planned
+        kept.step_took(step, 5.0)
+        if kept.evaluates_after(step):
+            kept.evaluated(step, 1.0, 2.0)
+            kept.saved(step, 1.0)
+        assert kept.steps() == 1000
+    assert [s for s in range(400, 1000) if kept.evaluates_after(s)] == [499, 599, 699, 799, 899, 999]
+    assert kept.constants() == {"max_steps": 1000, "eval_interval": 100} and kept.summary() is None
+
+
+class Sharing:
+    """Two processes in one: the first's share() posts its values, the other's reads them in turn."""
+
+    def __init__(self, main, channel):
+        self.main, self.world_size, self.channel = main, 2, channel
+
+    def share(self, value):
+        if self.main:
+            self.channel.append(value)
+            return value
+        return self.channel.pop(0)
+
+
+def test_every_process_gets_the_same_decisions():
+    """The first process decides from its own times; the other, whose steps take other
+    times and which never evaluates, hears the same step counts and evaluations."""
+    clock, channel, jitter = FakeClock(), [], random.Random(0)
+    first = new_budget(30, clock, processes=Sharing(True, channel))
+    other = new_budget(30, clock, processes=Sharing(False, channel))
+    step, decisions = 0, []
+    while step < first.steps():
+        seconds = 1.5 * (1 + 0.1 * step / 1000) * jitter.uniform(0.9, 1.1)
+        clock.t += seconds
+        first.step_took(step, seconds)
+        other.step_took(step, jitter.uniform(0.1, 9.0))
+        assert first.evaluates_after(step) == other.evaluates_after(step)
+        if first.evaluates_after(step):
+            clock.t += 1.2
+            first.evaluated(step, 0.6, 1.0)
+            other.evaluated(step, 0.0, 0.0)
+            first.saved(step, 0.2)
+            other.saved(step, 0.0)
+        assert first.steps() == other.steps()
+        decisions.append(first.steps())
+        step += 1
+    assert not channel and len(set(decisions)) > 3  # the count moved, and the other process followed every move
 
 
 def test_a_budget_that_cannot_hold_what_is_done_and_the_final_evaluation_is_refused():

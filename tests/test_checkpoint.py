@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+from machinery.logbook import plot_losses, read_log
 from checkpoint import export, load_checkpoint, model_from_checkpoint
 from machinery.cli import UsageError
 from conftest import randomise, run_script, step_losses, tiny_model, train_run
@@ -201,10 +202,10 @@ def test_plot_is_a_png(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("".join(f"{s} train {10 - s * 0.1:.6f}\n" for s in range(20)) + "9 val 9.5\n9 val_bpb 4.2\n19 val 8.5\n"
                    "19 val_bpb 3.76\n")
-    assert train.plot_losses(str(log), str(tmp_path / "loss.png"), "a title", 8192)
+    assert plot_losses(str(log), str(tmp_path / "loss.png"), "a title", 8192)
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert train.read_log(str(log))["val"] == {9: 9.5, 19: 8.5}
-    assert train.read_log(str(log))["val_bpb"] == {9: 4.2, 19: 3.76}
+    assert read_log(str(log))["val"] == {9: 9.5, 19: 8.5}
+    assert read_log(str(log))["val_bpb"] == {9: 4.2, 19: 3.76}
 
 
 @pytest.mark.slow

@@ -79,9 +79,14 @@ def test_a_signal_to_one_process_stops_all_and_resumes_alone(tmp_path, text_file
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "cut")], capture_output=True).returncode == 1  # none left
 
     resumed = train_run(tmp_path, text_file, *FLAGS, "--max_steps", 30, "--log_dir", tmp_path / "cut", "--init_from", "resume")
+    assert_continues(resumed, full, stopped, 30)
+
+
+def assert_continues(resumed, full, stopped, max_steps):
+    """The resumed run took the steps from stopped to max_steps, with the losses of the full run."""
     assert resumed.returncode == 0, resumed.stderr
     losses = step_losses(resumed.stdout)
-    assert sorted(losses) == list(range(stopped, 30))
+    assert sorted(losses) == list(range(stopped, max_steps))
     for step, loss in losses.items():
         assert abs(loss - step_losses(full.stdout)[step]) <= 1e-5, step
 
@@ -94,11 +99,7 @@ def test_a_single_process_checkpoint_resumes_under_torchrun(tmp_path, text_file)
     assert proc.returncode == 130
     stopped = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"]
     resumed = torchrun(text_file, tmp_path / "cut", "--max_steps", 12, "--init_from", "resume")
-    assert resumed.returncode == 0, resumed.stderr
-    losses = step_losses(resumed.stdout)
-    assert sorted(losses) == list(range(stopped, 12))
-    for step, loss in losses.items():
-        assert abs(loss - step_losses(full.stdout)[step]) <= 1e-5, step
+    assert_continues(resumed, full, stopped, 12)
 
 
 def test_the_first_process_fixes_a_time_budget_for_all(tmp_path, text_file):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from machinery import data
 import sample
 import train
+from machinery.logbook import make_log_dir
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from machinery.cli import RunFailure, UsageError
 from conftest import ONE_THREAD, ROOT, assert_refused, run_script, signal_when, start_training, step_losses, tiny_model, train_run
@@ -27,34 +28,42 @@ from conftest import ONE_THREAD, ROOT, assert_refused, run_script, signal_when, 
 # Constants, checked in one place before any work starts
 
 
-@pytest.mark.parametrize("flags, phrase", [
-    (["--n_layer", "0"], "n_layer must be at least 1, not 0"),
-    (["--B", "0"], "B must be at least 1"),
-    (["--T", "0"], "T must be at least 1"),
-    (["--eval_interval", "0"], "eval_interval must be at least 1"),
-    (["--eval_steps", "0"], "eval_steps must be at least 1"),
-    (["--max_steps", "0"], "max_steps must be at least 1"),
-    (["--max_steps", "-3"], "max_steps must be at least 1, not -3"),
-    (["--threads", "-1"], "threads must be at least 0"),
-    (["--max_lr", "0"], "max_lr must be above 0"),
-    (["--max_lr", "nan"], "max_lr: expected a finite number"),
-    (["--optimizer", "muon", "--adamw_lr_ratio", "0"], "adamw_lr_ratio must be above 0"),
-    (["--adamw_lr_ratio", "0.25"], "adamw_lr_ratio=0.25 only applies with --optimizer muon"),
-    (["--weight_decay", "-0.1"], "weight_decay must be at least 0"),
-    (["--dropout", "1"], "dropout must be at least 0 and below 1"),
-    (["--betas", "0.9", "1.5"], "betas must be two numbers in [0, 1)"),
-    (["--n_embd", "66", "--n_head", "4"], "n_embd=66 must be divisible by n_head=4"),
-    (["--warmup_steps", "20", "--max_steps", "10"], "warmup_steps=20 is more than max_steps=10"),
-    (["--T", "512"], "T=512 is longer than block_size=256"),
-    (["--total_batch_size", "1000"], "multiple of B x T"),
-    (["--device", "gpu"], "unknown device 'gpu'"),
-    pytest.param(["--device", "mps"], "device 'mps' is not available",
+@pytest.mark.parametrize("script, flags, phrase", [
+    (train, ["--n_layer", "0"], "n_layer must be at least 1, not 0"),
+    (train, ["--B", "0"], "B must be at least 1"),
+    (train, ["--T", "0"], "T must be at least 1"),
+    (train, ["--eval_interval", "0"], "eval_interval must be at least 1"),
+    (train, ["--eval_steps", "0"], "eval_steps must be at least 1"),
+    (train, ["--max_steps", "0"], "max_steps must be at least 1"),
+    (train, ["--max_steps", "-3"], "max_steps must be at least 1, not -3"),
+    (train, ["--threads", "-1"], "threads must be at least 0"),
+    (train, ["--max_lr", "0"], "max_lr must be above 0"),
+    (train, ["--max_lr", "nan"], "max_lr: expected a finite number"),
+    (train, ["--optimizer", "muon", "--adamw_lr_ratio", "0"], "adamw_lr_ratio must be above 0"),
+    (train, ["--adamw_lr_ratio", "0.25"], "adamw_lr_ratio=0.25 only applies with --optimizer muon"),
+    (train, ["--weight_decay", "-0.1"], "weight_decay must be at least 0"),
+    (train, ["--dropout", "1"], "dropout must be at least 0 and below 1"),
+    (train, ["--betas", "0.9", "1.5"], "betas must be two numbers in [0, 1)"),
+    (train, ["--n_embd", "66", "--n_head", "4"], "n_embd=66 must be divisible by n_head=4"),
+    (train, ["--warmup_steps", "20", "--max_steps", "10"], "warmup_steps=20 is more than max_steps=10"),
+    (train, ["--T", "512"], "T=512 is longer than block_size=256"),
+    (train, ["--total_batch_size", "1000"], "multiple of B x T"),
+    (train, ["--device", "gpu"], "unknown device 'gpu'"),
+    pytest.param(train, ["--device", "mps"], "device 'mps' is not available",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
-    (["--dtype", "float16"], "invalid choice"),
+    (train, ["--dtype", "float16"], "invalid choice"),
+    (sample, ["--top_k", "-1"], "top_k must be at least 0"),
+    (sample, ["--top_p", "0"], "top_p must be above 0 and at most 1"),
+    (sample, ["--top_p", "1.5"], "top_p must be above 0 and at most 1"),
+    (sample, ["--temperature", "-0.5"], "temperature must be at least 0"),
+    (sample, ["--num_samples", "0"], "num_samples must be at least 1"),
+    (sample, ["--max_new_tokens", "-1"], "max_new_tokens must be at least 0"),
+    (sample, ["--device", "tpu"], "unknown device 'tpu'"),
+    (sample, ["--stop_at_eot", "maybe"], "expected auto, True or False"),
 ])
-def test_bad_training_constants(flags, phrase):
+def test_bad_constants_are_named_in_one_line(script, flags, phrase):
     with pytest.raises(UsageError) as error:
-        train.Config(**train.parse_flags(flags))
+        script.Config(**script.parse_flags(flags))
     assert phrase in str(error.value) and "\n" not in str(error.value)
 
 
@@ -62,22 +71,6 @@ def test_bad_training_constants(flags, phrase):
 def test_cuda_where_there_is_none():
     with pytest.raises(UsageError, match="device 'cuda' is not available on this machine"):
         train.Config(device="cuda")
-
-
-@pytest.mark.parametrize("flags, phrase", [
-    (["--top_k", "-1"], "top_k must be at least 0"),
-    (["--top_p", "0"], "top_p must be above 0 and at most 1"),
-    (["--top_p", "1.5"], "top_p must be above 0 and at most 1"),
-    (["--temperature", "-0.5"], "temperature must be at least 0"),
-    (["--num_samples", "0"], "num_samples must be at least 1"),
-    (["--max_new_tokens", "-1"], "max_new_tokens must be at least 0"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--stop_at_eot", "maybe"], "expected auto, True or False"),
-])
-def test_bad_sampling_constants(flags, phrase):
-    with pytest.raises(UsageError) as error:
-        sample.Config(**sample.parse_flags(flags))
-    assert phrase in str(error.value)
 
 
 @pytest.mark.slow
@@ -212,7 +205,7 @@ def test_log_dir_that_is_not_writable(tmp_path, monkeypatch):
     open_ = open
     monkeypatch.setattr("builtins.open", refuse)  # root may write anywhere, so the refusal is simulated
     with pytest.raises(UsageError, match=r"cannot write to log_dir .* \(Permission denied\)"):
-        train.make_log_dir(str(tmp_path / "log"))
+        make_log_dir(str(tmp_path / "log"))
 
 
 # ---------------------------------------------------------------------------

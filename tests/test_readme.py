@@ -11,6 +11,7 @@ checkpoint behind for the commands after it."""
 
 import ast
 import contextlib
+import dataclasses
 import glob
 import importlib.metadata
 import io
@@ -24,7 +25,8 @@ import torch.distributed.run as torchrun
 
 import sample
 import train
-from checkpoint import save_checkpoint
+from checkpoint import save_checkpoint, training_state
+from machinery.logbook import make_log_dir
 from machinery.cli import UsageError
 from conftest import ROOT
 from machinery.data import DataLoader, text_files
@@ -153,7 +155,7 @@ class Story:
             self.make_resumable(os.path.join(flags.get("log_dir", train.Config.log_dir), "ckpt.pt"))
         cfg, _ = train.resolve_config(flags)
         train.micro_steps_per_step(cfg, world_size)
-        train.make_log_dir(cfg.log_dir)
+        make_log_dir(cfg.log_dir)
         text_files(cfg.input_file)
         path = os.path.join(cfg.log_dir, "ckpt.pt")
         with open(path, "wb") as f:
@@ -207,8 +209,8 @@ def finished_run(cfg):
     assert cfg.init_from in ("scratch", "resume"), "a fine-tune's shape comes from weights this test cannot fetch"
     model = GPT(train.model_shape(cfg))
     optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, "cpu", cfg.optimizer, cfg.adamw_lr_ratio)
-    return train.training_state(model, optimizer, cfg, DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None, gpt2(),
-                                elapsed=60.0, steps_fixed=True)
+    return training_state(model, optimizer, dataclasses.asdict(cfg), DataLoader(None, cfg.B, cfg.T), cfg.max_steps, None,
+                          gpt2(), elapsed=60.0, steps_fixed=True)
 
 
 @pytest.fixture

@@ -140,10 +140,10 @@ def test_start_up_line_says_what_is_on(tmp_path, text_file):
 
 @pytest.mark.parametrize("setting", ["bfloat16", "float32"])
 def test_the_dtype_set_up_device_names_is_the_dtype_of_the_products(setting):
-    """The start-up line prints set_up_device's dtype; the context it returns must make
+    """The start-up line prints prepare_device's dtype; the context it returns must make
     the matrix products that dtype, or the line would say bfloat16 over a float32 run."""
     threads = torch.get_num_threads()  # given back as it is, so this process keeps its threads
-    device, device_type, dtype, ctx = speed.set_up_device("cpu", setting, threads)
+    device, device_type, dtype, ctx = speed.prepare_device("cpu", setting, threads)
     assert (device, device_type, dtype) == ("cpu", "cpu", setting)
     with ctx:
         assert (torch.randn(4, 8) @ torch.randn(8, 2)).dtype == getattr(torch, setting)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import sample
 import train
-from checkpoint import check_tokenizer, checkpoint_tokenizer, export, load_checkpoint
+from checkpoint import check_tokenizer, checkpoint_tokenizer, export, load_checkpoint, source_tokenizer, starting_point
 from machinery.cli import UsageError
 from conftest import ROOT, assert_refused, padding_favourite, randomise, run_script, tiny_model, train_run
 from machinery.tokenizer import EOT_TEXT, gpt2, train_bpe
@@ -104,9 +104,10 @@ def test_sample_py_loads_the_checkpoints_tokenizer(bpe_ckpt):
 
 def test_fine_tuning_brings_the_checkpoints_tokenizer(bpe_ckpt):
     path, tok = bpe_ckpt
-    model, brought = train.build_model(train.Config(init_from=path), resumed=None)
+    source = starting_point(path)
+    model, brought = train.model_to_train(train.Config(init_from=path, T=32), source, tok), source_tokenizer(source)
     assert brought.to_dict() == tok.to_dict() and model.config.vocab_size > tok.n_vocab
-    assert train.build_model(train.Config(), resumed=None)[1] is None  # from scratch: the run makes its own
+    assert source_tokenizer(starting_point("scratch")) is None  # from scratch: the run makes its own
 
 
 @pytest.mark.slow
@@ -222,7 +223,7 @@ def test_resume_keeps_the_checkpoints_tokenizer(bpe_ckpt, tmp_path):
     with pytest.raises(UsageError, match="--tokenizer gpt2 does not fit .*ckpt.pt: its weights know the ids of the bpe"):
         train.resolve_config({"init_from": "resume", "log_dir": log_dir, "tokenizer": "gpt2"})
     cfg, resumed = train.resolve_config({"init_from": "resume", "log_dir": log_dir})
-    assert cfg.tokenizer == "bpe" and train.build_model(cfg, resumed)[1].to_dict() == bpe_ckpt[1].to_dict()
+    assert cfg.tokenizer == "bpe" and source_tokenizer(starting_point("resume", resumed)).to_dict() == bpe_ckpt[1].to_dict()
 
 
 def test_fine_tune_flags_are_checked_before_any_work(bpe_ckpt, tmp_path):
