@@ -24,15 +24,14 @@ import torch
 
 from checkpoint import (build_model, check_tokenizer, restore, resumable, save_checkpoint, source_tokenizer,
                         starting_point, training_state)
-from machinery.budget import Clock, Steps, TimeBudget
+from machinery.budget import Clock, Steps, TimeBudget, size_model
 from machinery.cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
-from machinery.data import (FINAL_EVAL_BYTES, DataLoader, Windows, cache_root, final_windows, load_tokens, periodic_windows,
-                            split_tokens)
+from machinery.data import FINAL_EVAL_BYTES, DataLoader, Windows, cache_root, final_windows, load_splits, periodic_windows
 from machinery.logbook import Logbook, make_log_dir
 from machinery.optimizer import configure_optimizers, describe_optimizer
 from machinery.processes import SIGNAL_NAMES, Interrupt, Processes, Quit, exit_at_once
-from machinery.speed import (TrainingLoss, check_device, compile_model, describe_dropout, seconds_since, prepare_device,
-                             use_fast_dropout, want_compile)
+from machinery.speed import (TrainingLoss, check_device, compile_model, describe_dropout, prepare_device, rung_speed,
+                             seconds_since, use_fast_dropout, want_compile)
 from machinery.tokenizer import Tokenizer, padded_vocab
 from model import GPT, GPTConfig
 
@@ -62,6 +61,7 @@ class Config:
     warmup_steps: int = 10  # steps of linear warmup from ~0 to max_lr
     max_steps: int = 50  # optimizer steps in the whole run
     time_budget: float = 0.0  # minutes for the whole command, or 0: off. Instead of max_steps: fixed from the first steps' times
+    size: Literal["fixed", "auto"] = "fixed"  # auto, with time_budget: the model's shape, batch, dropout and weight decay chosen for this machine and text (a flag or an edited constant wins)
     optimizer: Literal["adamw", "muon"] = "adamw"  # adamw, as GPT-2; muon: Muon for the matrices inside the blocks
     adamw_lr_ratio: float = 1.0  # with muon: the learning rate of what AdamW still trains (embeddings, biases, LayerNorms), as a fraction of max_lr
     weight_decay: float = 0.1  # pulls matrices towards zero each step (AdamW's and, with muon, Muon's); not biases or LayerNorms
@@ -107,6 +107,7 @@ class Config:
                 f"merges, and ids that fit the token cache's 16 bits")
         require(self.n_embd % self.n_head == 0,
                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}: each head gets n_embd / n_head channels")
+        require(self.size == "fixed" or self.time_budget > 0, "--size auto sizes the model for a time budget: give --time_budget")
         require(self.time_budget > 0 or self.warmup_steps <= self.max_steps,
                 f"warmup_steps={self.warmup_steps} is more than max_steps={self.max_steps}: lower --warmup_steps")
         require(self.init_from != "scratch" or self.T <= self.block_size,
@@ -115,6 +116,11 @@ class Config:
                 f"total_batch_size={self.total_batch_size} must be a multiple of B x T = {self.B} x {self.T} = "
                 f"{self.B * self.T}: change --total_batch_size, --B or --T")
         check_device(self.device)
+
+
+# The values Config ships with for the constants --size auto chooses: one still at its
+# shipped value was not edited, so the sizing may choose it (tests/test_code.py checks them)
+SHIPPED = dict(n_layer=6, n_head=6, n_embd=384, B=4, total_batch_size=8192, dropout=0.0, weight_decay=0.1)
 
 
 def parse_flags(argv=None):
@@ -292,21 +298,6 @@ def micro_steps_per_step(cfg, world_size=1):
     return micro_steps // world_size
 
 
-def load_splits(cfg, tok, processes=None):
-    """(training tokens, validation tokens, the Tokens they came from), made with tok, the
-    tokenizer the weights brought, or from scratch the one cfg.tokenizer names; each split
-    checked against the batch. Under torchrun the first process tokenizes and the others
-    read the entry it cached."""
-    processes = processes or Processes()
-    if not processes.main:
-        processes.barrier()
-    loaded = load_tokens(cfg.input_file, cache_root(cfg.data_cache), tok or cfg.tokenizer, cfg.vocab_size)
-    if processes.main:
-        processes.barrier()
-    train_tokens, val_tokens = split_tokens(loaded.tokens, loaded.n_train, cfg.B, cfg.T, cfg.input_file)
-    return train_tokens, val_tokens, loaded
-
-
 def model_to_train(cfg, source, tok):
     """The model to train, on the CPU: from source's weights, or from scratch with a row
     per token of tok (a BPE may learn fewer tokens than vocab_size), seeded."""
@@ -349,12 +340,13 @@ class Run:
 def main(argv=None):
     clock = Clock()  # a time budget counts from the process's start
     # settings, and the machine: one process, or one of several under torchrun
-    cfg, resumed = resolve_config(parse_flags(argv))
+    flags = parse_flags(argv)
+    cfg, resumed = resolve_config(flags)
     processes = Processes()
-    grad_accum_steps = micro_steps_per_step(cfg, processes.world_size)
+    micro_steps_per_step(cfg, processes.world_size)  # the batch must divide among the processes: checked before any work
     processes.start(cfg.device)
     try:
-        train(set_up(cfg, resumed, processes, grad_accum_steps, clock))
+        train(set_up(cfg, resumed, flags, processes, clock))
         # leave together, and only after a run that did not fail (a failed process may never
         # come): one that closed while another still worked could abort in gloo
         processes.barrier()
@@ -362,17 +354,23 @@ def main(argv=None):
         processes.close()
 
 
-def set_up(cfg, resumed, processes, grad_accum_steps, clock):
-    """The tokenizer, then the tokens, then the model; the optimizer and the loss to
-    train; the step count: everything the loop works with."""
+def set_up(cfg, resumed, flags, processes, clock):
+    """The tokenizer, then the tokens, then (sized for this machine with --size auto) the
+    model; the optimizer and the loss to train; the step count: all the loop works with."""
     if processes.main:
         make_log_dir(cfg.log_dir)
     device, device_type, dtype, ctx = prepare_device(cfg.device, cfg.dtype, cfg.threads, processes)
     source = starting_point(cfg.init_from, resumed)
     if isinstance(source, dict) and resumed is None:
         print(f"fine-tuning {cfg.init_from}: {source['kind']}, {source_tokenizer(source).name} tokenizer")
-    train_tokens, val_tokens, loaded = load_splits(cfg, source_tokenizer(source), processes)
+    train_tokens, val_tokens, loaded = load_splits(cfg.input_file, cache_root(cfg.data_cache), source_tokenizer(source) or
+                                                   cfg.tokenizer, cfg.vocab_size, cfg.B, cfg.T, processes)
     tok = loaded.tokenizer
+    if "sample_prompt" not in flags and cfg.input_file != Config.input_file:  # your own text: the samples start from it
+        cfg = dataclasses.replace(cfg, sample_prompt=tok.decode(val_tokens[:8].tolist()).split("\n")[0] or cfg.sample_prompt)
+    if cfg.size == "auto":
+        cfg = sized(cfg, flags, source, tok, (train_tokens, val_tokens), processes, clock, device_type, dtype, ctx, device)
+    grad_accum_steps = micro_steps_per_step(cfg, processes.world_size)
     print(f"tokenizer {tok.name} | {tok.n_vocab:,} tokens | {loaded.train_bytes / loaded.n_train:.2f} bytes per token "
           f"on the training text | {cfg.sample_prompt!r} is {tok.show(cfg.sample_prompt)}")
     model = model_to_train(cfg, source, tok)
@@ -393,8 +391,13 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
     first_step, val_loss = restore(resumed, optimizer, loader) if resumed is not None else (0, None)
     if resumed is not None:
         print(f"resuming from {os.path.join(cfg.log_dir, 'ckpt.pt')} at step {first_step}")
+    # the step count: max_steps, or a time budget, which a resumed run keeps once it fixed it; the final
+    # evaluation's time follows from a periodic one's, by the windows each reads
     final = final_windows(len(val_tokens), cfg.T, int(FINAL_EVAL_BYTES / (loaded.text_bytes / len(loaded.tokens))))
-    budget = step_count(cfg, resumed, processes, clock, first_step, final_share=len(final.starts) / (cfg.eval_steps * cfg.B))
+    fixed = (cfg.max_steps, cfg.eval_interval) if resumed is not None and resumed.get("steps_fixed", True) else None
+    budget = Steps(cfg.max_steps, cfg.eval_interval) if cfg.time_budget == 0 else TimeBudget(
+        cfg.time_budget, cfg.evaluations, cfg.warmup_steps, len(final.starts) / (cfg.eval_steps * cfg.B), processes,
+        clock, first_step, fixed)
     elapsed_before = resumed.get("elapsed", 0.0) if resumed else 0.0
     title = (f"{model.num_params() / 1e6:.1f}M-parameter GPT ({model.config.n_layer} layers, {model.config.n_embd} wide) "
              f"on {cfg.input_file}")
@@ -417,15 +420,21 @@ def set_up(cfg, resumed, processes, grad_accum_steps, clock):
                first_step, val_loss, final, os.path.join(cfg.log_dir, "ckpt.pt"))
 
 
-def step_count(cfg, resumed, processes, clock, first_step, final_share):
-    """The Steps the loop asks for the step count: max_steps, or a TimeBudget, which a
-    resumed run keeps once it fixed the count. final_share: the final evaluation's
-    windows over a periodic one's, whose time tells the final one's."""
-    if cfg.time_budget == 0:
-        return Steps(cfg.max_steps, cfg.eval_interval)
-    fixed = resumed is not None and resumed.get("steps_fixed", True)
-    return TimeBudget(cfg.time_budget, cfg.evaluations, cfg.warmup_steps, final_share, processes, clock, first_step,
-                      (cfg.max_steps, cfg.eval_interval) if fixed else None)
+def sized(cfg, flags, source, tok, splits, processes, clock, device_type, dtype, ctx, device):
+    """cfg with the constants --size auto owns chosen for this machine and this text
+    (machinery/budget.py's size_model), but for those given as flags or edited at the top
+    of this file. Weights to start from bring their own shape: nothing is sized then."""
+    if source != "scratch":
+        print(f"--size auto: {cfg.init_from} brings the model's shape, so it is not sized")
+        return cfg
+    shape = model_shape(cfg, padded_vocab(tok.n_vocab) if tok.name == "bpe" else None)
+    speed = rung_speed(shape, cfg, device_type, dtype, ctx, device)
+    sizing = size_model(cfg.time_budget, clock, len(splits[0]), speed, processes)
+    max_batch = min((len(split) - 1) // cfg.T for split in splits)  # a batch of windows fits in either split
+    chosen = {k: v for k, v in sizing.constants(cfg.T, processes.world_size, max_batch).items()
+              if k not in flags and getattr(cfg, k) == SHIPPED[k]}
+    print(sizing.describe(chosen), flush=True)
+    return dataclasses.replace(cfg, **chosen)
 
 
 # ----------------------------------------------------------------------------

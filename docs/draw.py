@@ -4,10 +4,9 @@ Two of README.md's pictures, drawn from the project's own code and the logs of r
     python docs/draw.py     # writes docs/schedule.png and docs/recipes.png
 
 schedule.png   the learning rate of every step, from train.py's get_lr, for the
-               30-minute recipe as its Zen 5 run fixed it
+               30-minute recipe as its Zen 4 run fixed it
 recipes.png    each recipe's validation loss against the minutes its command had run,
-               from the log.txt of its measured runs, kept in docs/runs/ (for 2 hours,
-               all four tries, the last of which is the recipe)
+               from the log.txt of its run on the Zen 4, kept in docs/runs/
 """
 
 import dataclasses
@@ -23,20 +22,18 @@ from machinery.logbook import read_log  # noqa: E402
 
 # the measured runs: (label, log.txt in docs/runs/), in the order of their budgets
 RUNS = [
-    ("10 minutes", "10min-zen5.log.txt"),
-    ("30 minutes", "30min-zen5.log.txt"),
-    ("2 hours, first try (--dropout 0.2): memorised after 90 minutes", "2h-8x512-zen5.log.txt"),
-    ("2 hours, second try (--dropout 0.3)", "2h-dropout0.3-zen5.log.txt"),
-    ("2 hours, third try (10 x 640, --dropout 0.25): memorised at the end", "2h-10x640-zen5.log.txt"),
-    ("2 hours, the recipe (6 x 384, --dropout 0.35)", "2h-6x384-dropout0.35-zen5.log.txt"),
+    ("5 minutes", "5min-sized-zen4.log.txt"),
+    ("10 minutes", "10min-sized-zen4.log.txt"),
+    ("30 minutes", "30min-sized-zen4.log.txt"),
 ]
-SCHEDULE_RUN = "30min-zen5.log.txt"  # the run whose steps schedule.png shows
+SCHEDULE_RUN = "30min-sized-zen4.log.txt"  # the run whose steps schedule.png shows
 
 
 def recipe_config(name, max_steps):
     """train.py's Config as recipes/<name>.txt sets it, with the step count a budget fixed."""
     flags = train.parse_flags([f"@{os.path.join(os.path.dirname(HERE), 'recipes', name)}"])
     flags.pop("time_budget", None)
+    flags.pop("size", None)  # the shape does not change the schedule
     return dataclasses.replace(train.Config(**flags), max_steps=max_steps)
 
 
@@ -76,7 +73,7 @@ def draw_recipes(plt, path):
     ax.set_xticks([1, 2, 5, 10, 30, 60, 120], ["1", "2", "5", "10", "30", "60", "120"])
     ax.set_xlabel("minutes since the command started (log scale)")
     ax.set_ylabel("validation loss, bits per byte")
-    ax.set_title("The recipes' runs on a 2-core Zen 5, against the minutes of their time budgets\n"
+    ax.set_title("The recipes' runs on a 2-core Zen 4, against the minutes of their time budgets\n"
                  "(the validation loss each evaluation prints, on a fifth of the split)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize=9)  # below the axes: the curves fill them

@@ -14,6 +14,10 @@ drifts, so at each later evaluation it measures again and moves the last step if
 must, and between evaluations it moves it earlier when the steps slow down. Under
 torchrun the first process decides, and the others hear its decisions through the same
 calls. Everything runs on a clock that tests can replace.
+
+With --size auto, a budget first sizes the model for itself (size_model): it times a few
+steps of the shapes on LADDER, from the smallest, and takes the largest this machine can
+feed enough tokens in the budget, and the text is large enough for.
 """
 
 import math
@@ -287,3 +291,108 @@ def format_minutes(seconds):
     """Seconds as 12m05s, for the start-up lines and the countdown."""
     seconds = max(0, round(seconds))  # rounded first: 59.6 s is 1m00s, not 0m60s
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------
+# Sizing: the model that makes the most of this budget on this machine and this text
+
+
+class Rung(NamedTuple):
+    """A model shape on the ladder, with the batch that suits it (heads of 64, as GPT-2)."""
+
+    n_layer: int
+    n_embd: int
+    total_batch_size: int  # tokens per step: small models learn more from more, smaller steps
+
+    def weights(self):
+        """The weights in the blocks: 4 C^2 in attention, 8 C^2 in the MLP, per block."""
+        return 12 * self.n_layer * self.n_embd**2
+
+    def flags(self):
+        return {"n_layer": self.n_layer, "n_head": self.n_embd // 64, "n_embd": self.n_embd,
+                "total_batch_size": self.total_batch_size}
+
+    def __str__(self):
+        return f"{self.n_layer} x {self.n_embd}"
+
+
+LADDER = (Rung(4, 128, 4096), Rung(4, 192, 4096), Rung(4, 256, 4096), Rung(6, 256, 4096), Rung(6, 384, 8192),
+          Rung(8, 512, 8192), Rung(12, 768, 8192))
+TOKENS_PER_WEIGHT = 3.0  # a rung fits the budget when it can read this many tokens per weight in its blocks
+WEIGHTS_PER_TEXT_TOKEN = 20  # and the text holds at least one token per 20 of them: more only memorise it
+TRAINING_SHARE = 0.85  # of the budget left after sizing, what the steps get: the rest is compiling and evaluating
+MEASURE_SHARE, MEASURE_SECONDS = 0.03, 10.0  # sizing measures for at most the larger of these (of the budget)
+MICRO_BATCH = 16  # sequences per micro-batch for every rung
+
+
+class Sizing(NamedTuple):
+    """What the sizing chose, and why."""
+
+    rung: Rung
+    tokens: int  # the tokens the rung should read in the budget
+    text_tokens: int  # the training text's
+    measured: str  # what was timed, for the start-up line
+
+    @property
+    def passes(self):
+        """How many times the run should read the training text."""
+        return self.tokens / self.text_tokens
+
+    def describe(self, chosen):
+        """The start-up lines: what was measured, what was chosen (the constants in chosen) and why."""
+        weights = f"{self.rung.weights() / 1e6:.1f}M weights in the blocks"
+        flags = " ".join(f"--{name} {value:g}" for name, value in chosen.items())
+        return (f"sized for this machine: timed {self.measured}\n"
+                f"sized for this machine: {self.rung} ({weights}), about {self.tokens / 1e6:.1f}M tokens, "
+                f"{self.passes:.0f} passes over the text; the same as {flags or 'what the flags already say'}")
+
+    def constants(self, T, world_size=1, max_batch=MICRO_BATCH):
+        """The constants the sizing owns, for this rung: the shape, the batch (divided among
+        the processes, in micro-batches of at most max_batch windows), and dropout and
+        weight decay from how often the run reads the text."""
+        dropout = regularisation(self.passes, self.rung.weights(), self.text_tokens)
+        micro_batch = max(1, min(MICRO_BATCH, self.rung.total_batch_size // (T * world_size), max_batch))
+        micro_batch = 1 << (micro_batch.bit_length() - 1)  # a power of two, which divides the batch
+        return {**self.rung.flags(), "B": micro_batch, "dropout": dropout, "weight_decay": 1.0 if dropout else 2.0}
+
+
+def regularisation(passes, weights, text_tokens):
+    """The dropout a rung needs against memorising the text: none until it reads the text
+    often enough for its size (passes x weights per text token, 86 on Zen 4's 30 minutes
+    of 6 x 384, where dropout 0.2 lost), 0.2 beyond 100 (186 on Zen 5's 30 minutes, where
+    it won), 0.35 beyond 300 (530 on Zen 5's 2 hours)."""
+    pressure = passes * weights / text_tokens
+    return 0.0 if pressure < 100 else 0.2 if pressure < 300 else 0.35
+
+
+def size_model(minutes, clock, text_tokens, tokens_per_second, processes):
+    """Choose the rung of LADDER for a run of `minutes` on a training text of text_tokens
+    tokens: the largest one whose speed on this machine (tokens_per_second(rung,
+    seconds_left), which times a few steps, or None where they would not fit in
+    seconds_left) reads TOKENS_PER_WEIGHT tokens per weight in what the budget leaves
+    the steps, and which the text is large enough for. Rungs are timed from the smallest
+    up, until one falls short or the measuring time runs out, all of it within the
+    budget. The first process decides; share() tells the others."""
+    measured_by = clock.elapsed() + max(MEASURE_SHARE * minutes * 60, MEASURE_SECONDS)
+    seconds = TRAINING_SHARE * max(0.0, minutes * 60 - measured_by)  # what the steps get, at the least
+    speeds, why = [], "the next one would read too few tokens per weight"  # tokens per second, from the smallest rung
+    for rung in LADDER if processes.main else ():
+        if speeds and rung.weights() > WEIGHTS_PER_TEXT_TOKEN * text_tokens:
+            why = "the largest the text is large enough for"
+            break
+        speed = tokens_per_second(rung, measured_by - clock.elapsed())
+        if speed is None:
+            why = "the largest timed in the time sizing may take"
+            break
+        speeds.append(speed)
+        if len(speeds) > 1 and speed * seconds < TOKENS_PER_WEIGHT * rung.weights():
+            break
+    else:
+        why = "the ladder's end: this machine is faster than any the rule was fitted on"
+    fits = [i for i, speed in enumerate(speeds) if speed * seconds >= TOKENS_PER_WEIGHT * LADDER[i].weights()]
+    if not fits:
+        why = "the ladder's smallest, though it reads fewer tokens per weight than the rule asks"
+    choice = processes.share(max(fits, default=0))
+    tokens = processes.share(int(speeds[choice] * seconds) if speeds else 0)
+    timed = ", ".join(f"{rung} {speed:,.0f}" for rung, speed in zip(LADDER, speeds))
+    return Sizing(LADDER[choice], tokens, text_tokens, f"{timed} tokens per second; {why}")

@@ -163,12 +163,33 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, with a flags file that is not there named in one line first."""
+        for arg in sys.argv[1:] if args is None else args:
+            if str(arg).startswith("@") and not os.path.exists(arg[1:]):
+                raise UsageError(missing_flags_file(arg[1:]))
+        return super().parse_args(args, namespace)
+
     def convert_arg_line_to_args(self, line):
         """A line of a flags file: a flag and its value, with an optional # comment."""
         try:
             return shlex.split(line, comments=True)
         except ValueError as e:  # an unclosed quote
             raise UsageError(f"cannot read the flags file line {line.strip()!r}: {e}") from None
+
+
+# recipe files that one file per budget replaced: it sizes the model for the machine it runs on
+RETIRED_RECIPES = {"10min-float32.txt": "10min.txt", "30min-float32.txt": "30min.txt", "30min-slow.txt": "30min.txt",
+                   "2h-float32.txt": "2h.txt"}
+
+
+def missing_flags_file(path):
+    """The one line for a flags file (@path) that is not there."""
+    name = os.path.basename(path)
+    if name in RETIRED_RECIPES:
+        return (f"{path} is retired: @{os.path.join(os.path.dirname(path), RETIRED_RECIPES[name])} sizes the model "
+                f"for the machine it runs on, whatever its CPU")
+    return f"no flags file {path}: check the path after @"
 
 
 def flag_parser(config_class, prog, description):

@@ -8,6 +8,7 @@ the train/validation split, and the loader that walks through a split.
                     a uint16 file in the token cache that training memory-maps
     split_point     where validation starts: the first line break after 90% of the text's bytes
     split_tokens    the tokens before it to train on, the rest to validate on
+    load_splits     both at once, as a run needs them
     DataLoader      B x T inputs and their next-token targets, batch after batch
     Windows         where an evaluation reads: periodic_windows, final_windows
 
@@ -391,6 +392,18 @@ def write_json(path, data):
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def load_splits(input_file, cache, tokenizer, vocab_size, B, T, processes):
+    """(training tokens, validation tokens, the Tokens they came from): load_tokens, then
+    split_tokens. Under torchrun (processes: machinery/processes.py's) the first process
+    tokenizes and the others read the entry it cached."""
+    if not processes.main:
+        processes.barrier()
+    loaded = load_tokens(input_file, cache, tokenizer, vocab_size)
+    if processes.main:
+        processes.barrier()
+    return (*split_tokens(loaded.tokens, loaded.n_train, B, T, input_file), loaded)
 
 
 def split_tokens(tokens, n_train, B, T, name="the text"):

@@ -161,7 +161,7 @@ def draw_attention(tok, window, n_prompt, attention, choices, path):
         return
     n_layer, n_head, T, _ = attention.shape
     cell = min(CELL_INCHES, GRID_INCHES / max(n_layer, n_head))
-    width = cell * n_head + 1.5  # inches, with the colour bar
+    width = max(cell * n_head + 1.5, 6.5)  # inches, with the colour bar; wide enough for the title
     fig = plt.figure(figsize=(width, cell * n_layer + 3.5), layout="constrained")
     grid, strip = fig.subfigures(2, 1, height_ratios=[cell * n_layer, 3])
     axes = grid.subplots(n_layer, n_head, squeeze=False, sharex=True, sharey=True)
@@ -186,7 +186,7 @@ def draw_attention(tok, window, n_prompt, attention, choices, path):
         axes[0, 0].set_xticks([])
         axes[0, 0].set_yticks([])
     grid.colorbar(image, ax=axes, shrink=0.3, label="attention weight")
-    grid.suptitle(f"Attention over the last {T} tokens: row = the token looking, column = the token looked at "
+    grid.suptitle(f"Attention over the last {T} tokens: row = the token looking, column = the token looked at\n"
                   f"(white lines: where the generated text begins)", fontsize=10)
     draw_probabilities(strip, tok, choices, width)
     try:

@@ -9,11 +9,13 @@ changes the model. docs/performance.md measures each one.
     prepare_device     device, dtype, autocast and threads (one per physical core), once
     want_compile, compile_model   torch.compile, with a fallback when it fails
     seconds_since     a step's time, once the GPU has done it
+    training_speed, rung_speed   tokens per second of a few eager training steps, for the sizing
     FastDropout, use_fast_dropout, describe_dropout   dropout that draws 16 random bits per element, not a float
     TrainingLoss      the model as training calls it, with the chunked loss by name
     ChunkedCrossEntropy           the loss without holding all the logits at once
 """
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -24,7 +26,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from machinery.budget import MICRO_BATCH
 from machinery.cli import UsageError, describe_error
+from machinery.optimizer import configure_optimizers
+from model import GPT
 
 # ----------------------------------------------------------------------------
 # Device, precision, threads
@@ -139,6 +144,40 @@ def seconds_since(started, device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.time() - started
+
+
+def rung_speed(shape, cfg, device_type, dtype, ctx, device):
+    """tokens_per_second(rung, seconds) for budget.size_model: training_speed of a model
+    of the rung's shape (shape, a GPTConfig, gives the rest), trained as cfg (train.py's
+    Config) says, on device."""
+    def tokens_per_second(rung, seconds):
+        model = GPT(dataclasses.replace(shape, **{k: v for k, v in rung.flags().items() if k in ("n_layer", "n_head", "n_embd")}))
+        optimizer = configure_optimizers(model.to(device), cfg.weight_decay, cfg.max_lr, cfg.betas, device_type,
+                                         cfg.optimizer, cfg.adamw_lr_ratio, dtype)
+        return training_speed(model, optimizer, MICRO_BATCH, cfg.T, ctx, seconds)
+
+    return tokens_per_second
+
+
+def training_speed(model, optimizer, B, T, ctx, seconds):
+    """Tokens per second of eager training steps of model (forward, backward and the
+    optimizer's step, on B x T random tokens): the first warms up, and up to three more
+    are timed while they fit in seconds. None when not even two fit."""
+    if seconds <= 0:
+        return None
+    device = next(model.parameters()).device
+    loss_fn = TrainingLoss(model)
+    x = torch.randint(0, model.config.vocab_size, (B, T), device=device)
+    started, times = time.time(), []
+    while len(times) < 4 and (not times or time.time() - started + times[-1] <= seconds):
+        step_started = time.time()
+        with ctx:
+            loss = loss_fn(x, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(seconds_since(step_started, device.type))
+    return B * T * (len(times) - 1) / sum(times[1:]) if len(times) > 1 else None
 
 
 # ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from conftest import assert_refused, budget_step_count, signal_when, start_training, train_run
+from conftest import assert_refused, budget_step_count, run_script, signal_when, start_training, train_run
 from machinery import budget
 from machinery.budget import EXIT_SECONDS, Clock, Costs, Steps, TimeBudget, check_fits, eval_interval_for, steps_that_fit
 from machinery.cli import UsageError
@@ -391,3 +391,116 @@ def test_a_run_stopped_before_its_steps_were_fixed_fixes_them_when_resumed(tmp_p
     assert again.returncode == 0, again.stdout + again.stderr
     fixed = budget_step_count(again.stdout)
     assert torch.load(tmp_path / "log" / "ckpt.pt", weights_only=False)["step"] == fixed
+
+
+# ----------------------------------------------------------------------------
+# Sizing, on faked speeds
+
+INPUT_TOKENS = 740_718  # input's training split, in the recipes' BPE tokens
+
+
+def machine(flops, clock=None):
+    """tokens_per_second for size_model: a machine doing flops for every 6 x (weights + 2M)
+    of a token's forward and backward (the embeddings and the output layer add about 2M),
+    whose timing takes four steps of 4,096 tokens on the fake clock, when one is given,
+    and stops at seconds (then, as training_speed, it says None)."""
+    def tokens_per_second(rung, seconds):
+        speed = flops / (6 * (rung.weights() + 2e6))
+        if clock is not None:
+            clock.t += min(4 * 4096 / speed, max(0.0, seconds))
+            return speed if 4 * 4096 / speed <= seconds else None
+        return speed
+    return tokens_per_second
+
+
+def size(flops, text_tokens=INPUT_TOKENS, minutes=30, clock=None, processes=None):
+    clock = clock or FakeClock()
+    return budget.size_model(minutes, Clock(now=clock, age=0.0), text_tokens, machine(flops, clock), processes or Processes())
+
+
+def rung_index(sizing):
+    return budget.LADDER.index(sizing.rung)
+
+
+def test_a_slower_machine_or_a_smaller_text_never_gets_a_bigger_model():
+    speeds = [1e9, 3e9, 1e10, 3e10, 1e11, 3e11, 1e12, 1e13, 1e14]
+    by_speed = [rung_index(size(flops)) for flops in speeds]
+    assert by_speed == sorted(by_speed) and by_speed[0] < by_speed[-1], by_speed
+    texts = [30_000, 100_000, 300_000, INPUT_TOKENS, 3_000_000, 30_000_000]
+    by_text = [rung_index(size(1e13, text)) for text in texts]
+    assert by_text == sorted(by_text) and by_text[0] < by_text[-1], by_text
+    by_minutes = [rung_index(size(1e11, minutes=minutes)) for minutes in (5, 10, 30, 120)]
+    assert by_minutes == sorted(by_minutes) and by_minutes[0] < by_minutes[-1], by_minutes
+
+
+def test_the_same_measurements_give_the_same_choice():
+    assert size(3e10) == size(3e10)
+    assert size(3e10).rung == size(3e10 * 1.01).rung  # a little noise in the timing does not cross a rung
+
+
+def test_a_300_kb_text_and_input_get_different_models_in_the_same_budget():
+    small, whole = size(2e11, text_tokens=300_000 // 3), size(2e11)  # about Zen 4's speed
+    assert rung_index(small) < rung_index(whole)
+    assert "the largest the text is large enough for" in small.measured
+
+
+def test_a_machine_far_faster_than_any_measured_takes_the_ladders_end_and_says_so():
+    gpu = size(1e15, text_tokens=100_000_000)
+    assert gpu.rung == budget.LADDER[-1] and "the ladder's end" in gpu.measured
+    on_input = size(1e15)  # input is too small for the largest rungs: they would memorise it
+    assert on_input.rung.weights() <= budget.WEIGHTS_PER_TEXT_TOKEN * INPUT_TOKENS < budget.LADDER[-1].weights()
+
+
+def test_the_measuring_is_counted_in_the_budget_and_capped():
+    """Timing the rungs takes at most 3% of the budget or 10 s, whichever is larger (and
+    at most one step more), and the tokens planned come from what is left after it."""
+    for minutes, flops in [(30, 3e10), (30, 2e11), (5, 3e10), (120, 1e12)]:
+        clock = FakeClock()
+        clock.t = 0.0
+        sizing = size(flops, minutes=minutes, clock=clock)
+        cap = max(0.03 * minutes * 60, budget.MEASURE_SECONDS)
+        assert 0 < clock.t <= cap, (minutes, flops, clock.t)
+        speed = machine(flops)(sizing.rung, 0)
+        assert sizing.tokens == int(speed * budget.TRAINING_SHARE * (minutes * 60 - cap))
+    too_slow = size(1e8, clock=FakeClock())  # not even the smallest rung is timed within 3%
+    assert too_slow.rung == budget.LADDER[0] and "the ladder's smallest" in too_slow.measured
+    given = []
+    budget.size_model(5, Clock(now=FakeClock(), age=0.0), INPUT_TOKENS,
+                      lambda rung, seconds: given.append(seconds) or 1e6, Processes())
+    assert given and max(given) <= budget.MEASURE_SECONDS  # 3% of 5 minutes is 9 s: at least 10 s
+
+
+def test_the_first_process_sizes_and_the_others_hear_it():
+    clock, channel = FakeClock(), []
+    first = size(3e10, clock=clock, processes=Sharing(True, channel))
+    other = size(1.0, clock=clock, processes=Sharing(False, channel))  # it times nothing: the first decides
+    assert first.rung == other.rung and first.tokens == other.tokens and not channel
+    assert first.constants(256, world_size=2) == other.constants(256, world_size=2)
+    assert first.constants(256, world_size=2)["B"] * 256 * 2 <= first.rung.total_batch_size  # the batch divides
+
+
+@pytest.mark.parametrize("passes, weights, dropout", [(6, 10.6e6, 0.0), (13, 10.6e6, 0.2), (37, 10.6e6, 0.35),
+                                                      (14, 1.77e6, 0.0)])
+def test_dropout_follows_how_often_a_model_reads_the_text_for_its_size(passes, weights, dropout):
+    """Zen 4's 30 minutes of 6 x 384 (6 passes: dropout lost), Zen 5's (13: 0.2 won) and
+    its 2 hours (37: 0.35), a Zen 3's 30 minutes of 4 x 192 (14 passes, none)."""
+    assert budget.regularisation(passes, weights, INPUT_TOKENS) == dropout
+
+
+@pytest.mark.slow
+def test_a_sized_run_says_what_it_timed_and_chose_and_trains_it(tmp_path, text_file):
+    """An 80 KB text is too small for any rung but the smallest, which a minute cannot even
+    feed 3 tokens per weight; it reads the text so often for its size that it gets dropout."""
+    r = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", "--time_budget", 1, "--size", "auto",
+                   "--tokenizer", "bpe", "--vocab_size", 320, "--compile", "False", "--device", "cpu", "--evaluations", 2,
+                   "--eval_steps", 1, "--threads", 1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    timed, chose = [line for line in r.stdout.splitlines() if line.startswith("sized for this machine: ")]
+    assert re.match(r"sized for this machine: timed 4 x 128 [\d,]+ tokens per second; the ladder's smallest", timed)
+    assert "sized for this machine: 4 x 128 (0.8M weights in the blocks)" in chose and "--B 16 --dropout 0.2 --weight_decay 1" in chose
+    ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
+    assert (ckpt["config"]["n_layer"], ckpt["config"]["n_embd"], ckpt["train_config"]["dropout"]) == (4, 128, 0.2)
+    assert ckpt["train_config"]["size"] == "auto" and ckpt["train_config"]["time_budget"] == 1
+    again = run_script("train.py", "--input_file", text_file, "--log_dir", tmp_path / "log", "--init_from", "resume",
+                       "--time_budget", 1, "--compile", "False", "--threads", 1)
+    assert again.returncode == 0 and "--size auto: resume brings the model's shape, so it is not sized" in again.stdout

@@ -91,14 +91,13 @@ def test_flags_from_a_file_and_flags_after_it_override(tmp_path):
                       "--max_lr 1e-3\n--sample_prompt 'JULIET: O Romeo'  # quoted, with spaces\n")
     flags = train.parse_flags([f"@{recipe}", "--max_steps", "60"])
     assert flags == {"max_steps": 60, "max_lr": 1e-3, "sample_prompt": "JULIET: O Romeo"}
-    with pytest.raises(UsageError, match="No such file"):
+    with pytest.raises(UsageError, match="no flags file .*missing.txt: check the path after @"):
         train.parse_flags([f"@{tmp_path / 'missing.txt'}"])
 
 
 def test_each_recipe_is_a_valid_flags_file_that_says_why():
     recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.txt"))
-    assert [r.name for r in recipes] == ["10min-float32.txt", "10min.txt", "2h-float32.txt", "2h.txt",
-                                         "30min-float32.txt", "30min-slow.txt", "30min.txt"]
+    assert [r.name for r in recipes] == ["10min.txt", "2h.txt", "30min.txt", "5min.txt"]
     log_dirs = set()
     for recipe in recipes:
         flag_lines = [line for line in recipe.read_text().splitlines() if line.startswith("--")]
@@ -109,8 +108,18 @@ def test_each_recipe_is_a_valid_flags_file_that_says_why():
         cfg = train.Config(**flags)
         log_dirs.add(cfg.log_dir)
         # a budget in minutes on the learner's own clock, not a step count
-        length = recipe.stem.split("-")[0]  # 10min-float32.txt: 10min
-        assert cfg.time_budget == {"10min": 10, "30min": 30, "2h": 120}[length]
+        assert cfg.time_budget == {"5min": 5, "10min": 10, "30min": 30, "2h": 120}[recipe.stem]
         assert "max_steps" not in flags and "eval_interval" not in flags
+        # the same file on every machine: the sizing chooses what depends on the machine, and the recipe leaves it alone
+        assert cfg.size == "auto" and not set(flags) & set(train.SHIPPED), recipe.name
         assert "reference" not in recipe.read_text()
     assert len(log_dirs) == len(recipes)  # each recipe writes its own checkpoint, none overwrites another's
+
+
+@pytest.mark.parametrize("retired, replacement", [("30min-slow.txt", "30min.txt"), ("30min-float32.txt", "30min.txt"),
+                                                  ("10min-float32.txt", "10min.txt"), ("2h-float32.txt", "2h.txt")])
+def test_a_retired_recipe_points_to_the_one_that_replaced_it(retired, replacement):
+    with pytest.raises(UsageError, match=f"recipes/{retired} is retired: @recipes/{replacement} sizes the model"):
+        train.parse_flags([f"@recipes/{retired}"])
+    with pytest.raises(UsageError, match="no flags file recipes/nothing.txt"):
+        train.parse_flags(["@recipes/nothing.txt"])

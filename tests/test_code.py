@@ -68,3 +68,10 @@ def test_imports_run_one_way():
 
 def test_the_top_level_holds_what_a_learner_runs_or_reads():
     assert {path[:-3] for path in glob.glob("*.py", root_dir=ROOT)} == {"model"} | SCRIPTS
+
+
+def test_the_shipped_values_are_configs_defaults():
+    """train.SHIPPED is how --size auto tells an edited constant from one it may choose."""
+    import train
+
+    assert {name: getattr(train.Config, name) for name in train.SHIPPED} == train.SHIPPED

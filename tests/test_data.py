@@ -15,6 +15,7 @@ import train
 from machinery.cli import UsageError
 from conftest import ONE_THREAD, ROOT, run_script, step_losses, train_run
 from machinery.data import DataLoader
+from machinery.processes import Processes
 from machinery.tokenizer import GPT2_EOT as EOT
 from machinery.tokenizer import gpt2
 
@@ -226,11 +227,13 @@ def test_auto_cache_is_the_users_cache_folder(tmp_path, monkeypatch):
 
 
 def test_start_up_says_whether_the_tokens_were_cached(tmp_path, text_file):
-    cfg = train.Config(input_file=str(text_file), data_cache=str(tmp_path / "cache"), B=2, T=32, total_batch_size=64)
-    *_, loaded = train.load_splits(cfg, None)
+    def load():
+        return data.load_splits(str(text_file), str(tmp_path / "cache"), "gpt2", 50304, 2, 32, Processes())
+
+    *_, loaded = load()
     entry = only_entry(tmp_path / "cache")
     assert loaded.entry == str(entry) and not loaded.cached
-    assert train.load_splits(cfg, None)[2].cached
+    assert load()[2].cached
 
 
 def test_a_cache_that_cannot_be_written_is_refused(tmp_path, text_file):

@@ -359,5 +359,18 @@ def test_docs_draw_draws_the_schedule_and_the_recipes_curves(tmp_path):
         path = tmp_path / f"{drawing.__name__}.png"
         drawing(plt, str(path))
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    minutes, bpb = draw.validation_by_minute(os.path.join(ROOT, "docs", "runs", "30min-zen5.log.txt"))
+    minutes, bpb = draw.validation_by_minute(os.path.join(ROOT, "docs", "runs", "30min-sized-zen4.log.txt"))
     assert len(minutes) == len(bpb) >= 6 and max(minutes) <= 30 and bpb[-1] < bpb[0]
+
+
+def test_every_log_in_docs_runs_is_linked_from_a_page_or_drawn():
+    """docs/runs holds only the logs a page quotes, each linked from it, and those docs/draw.py reads."""
+    linked = set()
+    for page in pages():
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            linked |= {os.path.basename(link) for link in re.findall(r"\]\(([^)\s#]+)", f.read()) if "runs/" in link}
+    with open(os.path.join(ROOT, "docs", "draw.py"), encoding="utf-8") as f:
+        drawn = set(re.findall(r'"([\w.-]+\.log\.txt)"', f.read()))
+    kept = set(os.listdir(os.path.join(ROOT, "docs", "runs")))
+    assert not kept - linked - drawn, f"logs no page links and draw.py does not read: {sorted(kept - linked - drawn)}"
+    assert drawn <= kept, f"draw.py reads logs that are not there: {sorted(drawn - kept)}"

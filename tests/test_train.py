@@ -409,10 +409,13 @@ def test_samples_at_each_evaluation_and_the_whole_split_at_the_end(tmp_path, tex
     r = train_run(tmp_path, text_file, "--max_steps", 4, "--eval_interval", 2, "--eval_sample_tokens", 8)
     assert r.returncode == 0, r.stderr
     samples = [line for line in r.stdout.splitlines() if " | sample: " in line]
-    assert [line[:26] for line in samples] == ["step    1 | sample: ROMEO:", "step    3 | sample: ROMEO:"]
+    # a text of one's own: the samples start where its validation split does (input's start from "ROMEO:")
+    assert [line[:30] for line in samples] == ["step    1 | sample: And gather", "step    3 | sample: And gather"]
     assert "on the whole validation split, every window:" in r.stdout
     quiet = train_run(tmp_path, text_file, "--max_steps", 2, "--eval_sample_tokens", 0, "--log_dir", tmp_path / "q")
     assert quiet.returncode == 0 and " | sample: " not in quiet.stdout
+    asked = train_run(tmp_path, text_file, "--max_steps", 2, "--sample_prompt", "ROMEO:", "--log_dir", tmp_path / "a")
+    assert asked.returncode == 0 and "step    1 | sample: ROMEO:" in asked.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -439,9 +442,51 @@ def test_training_with_a_bpe_of_its_own(tmp_path, text_file):
     assert r.returncode == 0, r.stderr
     said = r.stdout
     assert "trained a byte-level BPE of 2,000 tokens on the training text" in said
-    assert re.search(r"^tokenizer bpe \| 2,000 tokens \| \d\.\d\d bytes per token on the training text \| 'ROMEO:' is \[", said, re.M)
+    assert re.search(r"^tokenizer bpe \| 2,000 tokens \| \d\.\d\d bytes per token on the training text \| 'And gather[^']*' is \[", said, re.M)
     assert re.search(r"^step    1 \| val loss \d+\.\d{4} \(\d\.\d{4} bits per byte\)$", said, re.M)
     ckpt = torch.load(tmp_path / "log" / "ckpt.pt", weights_only=True)
     assert ckpt["tokenizer"]["name"] == "bpe" and ckpt["config"]["vocab_size"] == 2048  # 2,000 rounded up to 64
     with open(tmp_path / "log" / "log.txt") as f:
         assert [line.split()[1] for line in f] == ["train", "train", "val", "val_bpb"]
+
+
+# ---------------------------------------------------------------------------
+# --size auto, on a faked machine
+
+
+def sized(monkeypatch, flags, source="scratch", **edited):
+    """train.sized on a machine about as fast as a Zen 4, with the constants flags gives
+    and those edited (as if changed at the top of train.py)."""
+    from types import SimpleNamespace
+
+    from machinery.budget import Clock
+    from machinery.processes import Processes
+
+    monkeypatch.setattr(train, "rung_speed", lambda *args: lambda rung, seconds: 2e11 / (6 * (rung.weights() + 2e6)))
+    cfg = train.Config(**{"time_budget": 30.0, "size": "auto", "tokenizer": "bpe", "vocab_size": 4096, **flags, **edited})
+    tok = SimpleNamespace(name="bpe", n_vocab=4096)
+    splits = (np.zeros(740_718, dtype=np.uint16), np.zeros(87_380, dtype=np.uint16))  # input's, in the BPE's tokens
+    return train.sized(cfg, flags, source, tok, splits, Processes(), Clock(age=0.0), "cpu", "float32", nullcontext(), "cpu")
+
+
+def test_the_sizing_chooses_the_constants_it_owns(monkeypatch, capsys):
+    cfg = sized(monkeypatch, {})
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.B, cfg.total_batch_size) == (4, 4, 256, 16, 4096)
+    assert (cfg.dropout, cfg.weight_decay) == (0.0, 2.0)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("sized for this machine: timed 4 x 128 ")
+    assert out[1].startswith("sized for this machine: 4 x 256 (3.1M weights in the blocks), about ")
+    assert out[1].endswith("the same as --n_layer 4 --n_head 4 --n_embd 256 --total_batch_size 4096 --B 16 --dropout 0 "
+                           "--weight_decay 2")
+
+
+def test_flags_and_edited_constants_win_over_the_sizing(monkeypatch):
+    cfg = sized(monkeypatch, {"dropout": 0.1, "total_batch_size": 8192}, n_layer=8)  # n_layer edited, not a flag
+    assert (cfg.n_layer, cfg.dropout, cfg.total_batch_size) == (8, 0.1, 8192)
+    assert (cfg.n_head, cfg.n_embd, cfg.weight_decay) == (4, 256, 2.0)  # the rest is sized
+
+
+def test_weights_to_start_from_keep_their_shape(monkeypatch, capsys):
+    cfg = sized(monkeypatch, {"init_from": "gpt2"}, source="gpt2")
+    assert (cfg.n_layer, cfg.n_embd) == (6, 384)
+    assert "--size auto: gpt2 brings the model's shape, so it is not sized" in capsys.readouterr().out
