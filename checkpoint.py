@@ -19,10 +19,11 @@ GPT-2 through Hugging Face, and the export of a checkpoint to Hugging Face's for
 
 A checkpoint is a dict: "model" (the state dict), "config" (the GPTConfig as a plain
 dict, so the file explains itself) and, from train.py, what it needs to continue:
-"optimizer", "step", "val_loss", "train_config", "data_position", "rng_state",
-"elapsed" and "steps_fixed" (the seconds trained so far, and whether a time budget has
-fixed max_steps yet), and "tokenizer" (Tokenizer.to_dict(): strings only), so that
-sampling, fine-tuning and the export need neither the text nor the token cache. It also holds "model_args", the same
+"optimizer", "step", "val_loss", "train_config", "data_position", "data_pass",
+"rng_state", "elapsed" and "steps_fixed" (the seconds trained so far, and whether a time
+budget has fixed max_steps yet), "training_weights" where "model" is their average, and
+"tokenizer" (Tokenizer.to_dict(): strings only), so that sampling, fine-tuning and the
+export need neither the text nor the token cache. It also holds "model_args", the same
 shape under the name nanoGPT reads, and the state dict has nanoGPT's keys and shapes
 (OpenAI's names, no causal-mask buffer): nanoGPT's sample.py and train.py load it as one
 of their own. nanoGPT has no place for a tokenizer, so its sample.py decodes only a
@@ -48,20 +49,25 @@ RESUME_KEYS = {"model", "config", "optimizer", "step", "val_loss", "train_config
 SHAPE_KEYS = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("dropout", "attn_dropout")]
 
 
-def training_state(model, optimizer, train_config, loader, step, val_loss, tok, elapsed, steps_fixed):
-    """Everything a resumed run needs to continue exactly where this one stopped."""
+def training_state(model, optimizer, train_config, loader, step, val_loss, tok, elapsed, steps_fixed, average=None):
+    """Everything a resumed run needs to continue exactly where this one stopped. With an
+    average of the weights (machinery/averaging.py), "model" holds it, and
+    "training_weights" the weights that training goes on from."""
+    kept = model if average is None else average.weights(model)
     return {
         "elapsed": elapsed,  # seconds of training so far, all runs together: log.txt's last column goes on from it
         "steps_fixed": steps_fixed,  # False while a time budget has not fixed max_steps yet
         "tokenizer": tok.to_dict(),  # so the checkpoint samples, fine-tunes and exports without the text
-        "model": model.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
+        "model": kept.state_dict(),  # the plain model's: no "_orig_mod." prefixes from compile
+        **({} if kept is model else {"training_weights": model.state_dict()}),
         "config": dataclasses.asdict(model.config),
         "model_args": nanogpt_model_args(model.config),  # the same, under the name nanoGPT reads
         "optimizer": optimizer.state_dict(),
         "step": step,  # steps done: a resumed run starts here
         "val_loss": val_loss,
         "train_config": train_config,  # train.py's constants, as a dict
-        "data_position": loader.position,
+        "data_position": loader.position,  # the tokens read in this pass over the training split
+        "data_pass": loader.pass_number,  # which pass: each later one reads its windows in a fresh order
         "rng_state": torch.get_rng_state(),
     }
 
@@ -136,7 +142,7 @@ def restore(resumed, optimizer, loader):
     """Put back what the resumed checkpoint holds besides the weights: the optimizer's
     state, the data's position and the random state. Returns (first step, last val loss)."""
     optimizer.load_state_dict(resumed["optimizer"])
-    loader.position = resumed["data_position"]
+    loader.position, loader.pass_number = resumed["data_position"], resumed.get("data_pass", 0)
     torch.set_rng_state(resumed["rng_state"])
     return resumed["step"], resumed["val_loss"]
 
@@ -209,8 +215,8 @@ def starting_point(init_from, resumed=None, device="cpu"):
     """The weights a run starts from: the checkpoint it resumes (resumed), a checkpoint
     file's contents (this project's or nanoGPT's), the name of GPT-2's weights or a
     Hugging Face directory, or "scratch": none."""
-    if resumed is not None:
-        return resumed
+    if resumed is not None:  # training goes on from its training weights, where it kept an average besides
+        return {**resumed, "model": resumed.get("training_weights", resumed["model"])}
     if init_from.endswith(".pt") and not os.path.exists(init_from):
         raise UsageError(f"no checkpoint at {init_from}: check the path given to --init_from")
     if not os.path.isfile(init_from):

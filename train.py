@@ -24,6 +24,7 @@ import torch
 
 from checkpoint import (build_model, check_tokenizer, restore, resumable, save_checkpoint, source_tokenizer,
                         starting_point, training_state)
+from machinery.averaging import WeightAverage
 from machinery.budget import Clock, Steps, TimeBudget, size_model
 from machinery.cli import AutoBool, RunFailure, UsageError, check_fields, flag_parser, require, require_at_least, run_main
 from machinery.data import FINAL_EVAL_BYTES, DataLoader, Windows, cache_root, final_windows, load_splits, periodic_windows
@@ -67,6 +68,8 @@ class Config:
     weight_decay: float = 0.1  # pulls matrices towards zero each step (AdamW's and, with muon, Muon's); not biases or LayerNorms
     betas: tuple = (0.9, 0.95)  # AdamW's moving-average rates for the gradient and its square
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0: no clipping)
+    ema_decay: float = 0.0  # keep a moving average of the weights, this much of it kept each step, as the model (0: off)
+    shuffle: bool = True  # each pass over the text after the first reads its windows in a fresh order (off: in order)
     # the run
     input_file: str = "input"  # the training text, UTF-8: a file, a directory (every *.txt in it) or a glob
     log_dir: str = "log"  # log.txt, loss.png and ckpt.pt go here
@@ -101,6 +104,7 @@ class Config:
         require(self.optimizer == "muon" or self.adamw_lr_ratio == 1.0,
                 f"adamw_lr_ratio={self.adamw_lr_ratio} only applies with --optimizer muon (with adamw, max_lr is AdamW's rate)")
         require(0 <= self.dropout < 1, f"dropout must be at least 0 and below 1, not {self.dropout}")
+        require(0 <= self.ema_decay < 1, f"ema_decay must be at least 0 and below 1, not {self.ema_decay}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), not {self.betas}")
         require(self.tokenizer == "gpt2" or 320 <= self.vocab_size <= 65536,
                 f"vocab_size={self.vocab_size} with --tokenizer bpe must be 320 to 65536: the 256 bytes and at least 63 "
@@ -272,10 +276,8 @@ BPE_VOCAB_SIZE = 4096
 
 
 def with_defaults(flags):
-    """flags, with the defaults that depend on other flags: when max_steps is below the
-    default warmup and --warmup_steps was not given, a warmup of a tenth of the steps
-    (`python train.py --max_steps 5` just works); with --tokenizer bpe and no
-    --vocab_size, a vocabulary of BPE_VOCAB_SIZE tokens."""
+    """flags, with the defaults that depend on others: a warmup of a tenth of max_steps below the default
+    warmup (`python train.py --max_steps 5` just works); BPE_VOCAB_SIZE tokens for a bpe."""
     max_steps = flags.get("max_steps", Config.max_steps)
     if "warmup_steps" not in flags and max_steps < Config.warmup_steps:
         flags = {**flags, "warmup_steps": short_warmup(max_steps)}
@@ -289,8 +291,7 @@ def short_warmup(max_steps):
 
 
 def micro_steps_per_step(cfg, world_size=1):
-    """The number of micro-batches each process runs per step (Config.check made sure that
-    B x T divides the batch), or a UsageError if the processes cannot share them evenly."""
+    """The micro-batches each process runs per step, or a UsageError if the processes cannot share them evenly."""
     micro_steps = cfg.total_batch_size // (cfg.B * cfg.T)
     if micro_steps % world_size != 0:
         raise UsageError(f"total_batch_size / (B x T) = {micro_steps} micro-batches per step cannot be shared evenly "
@@ -324,8 +325,9 @@ class Run:
     device: str
     ctx: object  # the autocast context, or nothing to switch on
     model: GPT  # the plain model: evaluated, saved
+    average: WeightAverage  # the weights' moving average, or nothing: the weights kept as the model
     train_loss: torch.nn.Module  # the model as training calls it: chunked, compiled, wrapped in DDP
-    eval_loss: torch.nn.Module  # the plain model's loss: compiling it again for inference would not pay
+    eval_loss: torch.nn.Module  # the kept weights' loss (the average's, or the plain model's): not compiled, it would not pay
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     val_tokens: object
@@ -379,7 +381,8 @@ def set_up(cfg, resumed, flags, processes, clock):
     model.to(device)
     if device_type == "cpu":
         use_fast_dropout(model)  # the same dropout, from cheaper random numbers
-    loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size)
+    loader = DataLoader(train_tokens, cfg.B, cfg.T, rank=processes.rank, world_size=processes.world_size,
+                        seed=cfg.seed if cfg.shuffle else None)
 
     # the optimizer, and the loss that training calls (compiled where it helps)
     optimizer = configure_optimizers(model, cfg.weight_decay, cfg.max_lr, cfg.betas, device_type, cfg.optimizer,
@@ -389,6 +392,7 @@ def set_up(cfg, resumed, flags, processes, clock):
         train_loss, compile_note = compile_training_loss(train_loss, cfg, device, ctx)
     train_loss = processes.wrap(train_loss, device)
     first_step, val_loss = restore(resumed, optimizer, loader) if resumed is not None else (0, None)
+    average = WeightAverage(model, cfg.ema_decay, resumed)
     if resumed is not None:
         print(f"resuming from {os.path.join(cfg.log_dir, 'ckpt.pt')} at step {first_step}")
     # the step count: max_steps, or a time budget, which a resumed run keeps once it fixed it; the final
@@ -407,7 +411,7 @@ def set_up(cfg, resumed, flags, processes, clock):
     print(
         f"device {device} | dtype {dtype} | threads {torch.get_num_threads()} | compile {compile_note} | "
         f"chunked loss {'on' if cfg.chunked_loss else 'off'} | {describe_dropout(model, cfg.dropout)}"
-        f"optimizer {describe_optimizer(cfg.optimizer, dtype)} | "
+        f"optimizer {describe_optimizer(cfg.optimizer, dtype)} | {'' if average.ema is None else f'model: {average} | '}"
         f"{'warmup ' + str(cfg.warmup_steps) + ' (a tenth of max_steps) | ' if shortened else ''}{budget.note()}"
         f"parameters {model.num_params():,} | tokens per step {cfg.total_batch_size:,} | "
         f"grad accumulation steps {grad_accum_steps * processes.world_size} | world size {processes.world_size} | "
@@ -415,15 +419,14 @@ def set_up(cfg, resumed, flags, processes, clock):
         f"tokens {'cached' if loaded.cached else 'new'}: {loaded.entry}",
         flush=True,
     )
-    return Run(cfg, processes, Interrupt(alone=processes.world_size == 1), budget, log, device, ctx, model, train_loss,
-               TrainingLoss(model, chunked=cfg.chunked_loss), optimizer, loader, val_tokens, tok, grad_accum_steps,
+    return Run(cfg, processes, Interrupt(alone=processes.world_size == 1), budget, log, device, ctx, model, average, train_loss,
+               TrainingLoss(average.weights(model), chunked=cfg.chunked_loss), optimizer, loader, val_tokens, tok, grad_accum_steps,
                first_step, val_loss, final, os.path.join(cfg.log_dir, "ckpt.pt"))
 
 
 def sized(cfg, flags, source, tok, splits, processes, clock, device_type, dtype, ctx, device):
-    """cfg with the constants --size auto owns chosen for this machine and this text
-    (machinery/budget.py's size_model), but for those given as flags or edited at the top
-    of this file. Weights to start from bring their own shape: nothing is sized then."""
+    """cfg with the constants --size auto owns chosen for this machine and text (budget.py's size_model),
+    but for those given as flags or edited above. Weights to start from bring their own shape."""
     if source != "scratch":
         print(f"--size auto: {cfg.init_from} brings the model's shape, so it is not sized")
         return cfg
@@ -453,6 +456,7 @@ def train(run):
         set_learning_rate(run.optimizer, lr)
         loss, norm = train_step(run.train_loss, run.optimizer, run.loader, run.grad_accum_steps, cfg, run.device,
                                 run.ctx, run.processes)
+        run.average.update(run.model)
         loss, stop = run.processes.agree(loss, interrupt.requested)  # the same loss and decision in every process
         if not math.isfinite(loss):  # the weights are broken now: never save them
             raise diverged(f"the loss became {loss}", step)
@@ -486,23 +490,23 @@ def evaluate_and_show(run, step):
         raise diverged(f"the validation loss became {evaluation.loss}", step)
     print(f"step {step:4d} | val loss {evaluation}", flush=True)
     run.log.evaluation(step, evaluation)
-    if cfg.eval_sample_tokens > 0 and (text := sample_line(run.model, run.tokenizer, cfg, run.device, run.ctx)) is not None:
+    if cfg.eval_sample_tokens > 0 and (text := sample_line(run.average.weights(run.model), run.tokenizer, cfg, run.device,
+                                                           run.ctx)) is not None:
         print(f"step {step:4d} | sample: {text}", flush=True)
     run.budget.evaluated(step, evaluate_seconds, time.time() - started)
     return evaluation.loss
 
 
 def save(run, step, val_loss):
-    """The checkpoint after step, in the first process, once the weights are checked to
-    still be numbers. It keeps the step count the budget has now, and the budget hears
-    what it cost in every process."""
+    """The checkpoint after step, in the first process, once the weights are checked to still be
+    numbers. It keeps the budget's step count now; the budget hears what it cost, in every process."""
     started = time.time()
     if run.processes.main:
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
             raise diverged("the weights stopped being numbers (inf or nan)", step)
         train_config = {**dataclasses.asdict(run.cfg), **run.budget.constants()}
-        save_checkpoint(run.ckpt_path, training_state(run.model, run.optimizer, train_config, run.loader, step + 1,
-                                                      val_loss, run.tokenizer, run.log.elapsed(), run.budget.fixed))
+        save_checkpoint(run.ckpt_path, training_state(run.model, run.optimizer, train_config, run.loader, step + 1, val_loss,
+                                                      run.tokenizer, run.log.elapsed(), run.budget.fixed, run.average))
     run.budget.saved(step, time.time() - started)
 
 
@@ -527,9 +531,8 @@ def stopped(run, step):
 
 
 def finish(run, val_loss):
-    """After the last step, whose checkpoint is saved: the final evaluation, in the first
-    process, and the closing lines. A signal now ends the run within seconds, with the
-    shell's exit code."""
+    """After the last step, whose checkpoint is saved: the final evaluation, in the first process,
+    and the closing lines. A signal now ends the run within seconds, with the shell's exit code."""
     if not run.processes.main:
         return
     try:
@@ -543,6 +546,9 @@ def finish(run, val_loss):
         final = evaluate(run.eval_loss, run.val_tokens, run.final_windows, run.device, run.ctx, run.tokenizer.byte_lengths)
         last = f", final val loss {val_loss:.4f}" if val_loss is not None else ""
         print(f"done: checkpoint in {run.ckpt_path}{last} ({scope}: {final} over {size}, in {time.time() - started:.1f}s)")
+        if run.average.ema is not None:  # what the average gained over the weights it averages
+            last_step = evaluate(TrainingLoss(run.model), run.val_tokens, run.final_windows, run.device, run.ctx, run.tokenizer.byte_lengths)
+            print(f"the checkpoint's model is {run.average}; the last step's weights: {last_step}")
         print(f'sample from it with: python sample.py --ckpt {run.ckpt_path} --prompt "ROMEO:"')
         if (summary := run.budget.summary()) is not None:
             print(summary, flush=True)

@@ -1,6 +1,7 @@
 """
 The machinery that model.py, train.py and sample.py call, one concern per module:
 
+    averaging   an exponential moving average of the weights, kept as the model
     budget      the step count and when to evaluate, a time budget's, and the model sized for it
     cli         flags made from a script's constants, and the one way a script refuses bad input
     data        text of any size as cached tokens, the split, the loader, the evaluation's windows

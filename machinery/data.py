@@ -9,7 +9,7 @@ the train/validation split, and the loader that walks through a split.
     split_point     where validation starts: the first line break after 90% of the text's bytes
     split_tokens    the tokens before it to train on, the rest to validate on
     load_splits     both at once, as a run needs them
-    DataLoader      B x T inputs and their next-token targets, batch after batch
+    DataLoader      B x T inputs and their next-token targets, batch after batch, a fresh order each pass
     Windows         where an evaluation reads: periodic_windows, final_windows
 
 The text is never held in memory whole, and its tokens never as Python objects: it is
@@ -420,30 +420,54 @@ def split_tokens(tokens, n_train, B, T, name="the text"):
 
 
 class DataLoader:
-    """Walks through a split in order, B x T tokens per batch, wrapping around at the end.
-    The targets are the inputs shifted by one: at each position, the next token.
+    """Walks through a split, B x T tokens per batch, pass after pass. The targets are the
+    inputs shifted by one: at each position, the next token.
+
+    A pass reads the split as windows of T tokens, B of them a batch. The first pass reads
+    them in order from the start; with a seed, each later pass starts its windows at a
+    random offset (below T) and reads them in a random order, both drawn from the seed and
+    the pass's number, so that many passes over a small text do not repeat one sequence of
+    batches. The state is (pass_number, position): position is the tokens read in this pass.
 
     With several processes (rank r of world_size), the micro-batches one process would
     read in turn are dealt out: process r takes the r-th of every world_size of them.
-    Every process keeps the same position, the one a single process would have, so a
-    checkpoint's position means the same with any number of processes."""
+    Every process keeps the same state, the one a single process would have, so a
+    checkpoint's state means the same with any number of processes."""
 
-    def __init__(self, tokens, B, T, position=0, rank=0, world_size=1):
+    def __init__(self, tokens, B, T, position=0, rank=0, world_size=1, seed=None, pass_number=0):
         self.tokens, self.B, self.T, self.position = tokens, B, T, position
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.seed, self.pass_number = rank, world_size, seed, pass_number
+        self.order = (None, None)  # (the pass it belongs to, its (offset, window order))
 
     def next_batch(self):
         B, T = self.B, self.T
         for r in range(self.world_size):
-            if self.position + B * T + 1 > len(self.tokens):
-                self.position = 0  # wrap around: start the next pass over the data
+            offset, windows = self.pass_order()
+            if self.position + B * T > len(windows) * T:
+                self.pass_number, self.position = self.pass_number + 1, 0  # the next pass over the data
+                offset, windows = self.pass_order()
             if r == self.rank:
-                start = self.position
+                first = self.position // T
+                starts = offset + np.asarray(windows[first : first + B]) * T
             self.position += B * T
-        buf = torch.from_numpy(self.tokens[start : start + B * T + 1].astype(np.int64))
-        x = buf[:-1].view(B, T)  # inputs (B, T)
-        y = buf[1:].view(B, T)  # targets (B, T)
+        rows = self.tokens[starts[:, None] + np.arange(T + 1)].astype(np.int64)  # (B, T + 1)
+        buf = torch.from_numpy(rows)
+        x = buf[:, :-1]  # inputs (B, T)
+        y = buf[:, 1:]  # targets (B, T)
         return x, y
+
+    def pass_order(self):
+        """(offset, window numbers) of this pass: the windows start at offset + number x T.
+        The first pass, or every pass without a seed: offset 0, in order."""
+        if self.order[0] != self.pass_number:
+            n_windows = (len(self.tokens) - 1) // self.T  # each needs one more token for its last target
+            order = 0, range(n_windows)  # not an array: a split of billions of tokens needs no list
+            if self.seed is not None and self.pass_number > 0:
+                rng = np.random.default_rng([self.seed, self.pass_number])
+                offset = int(rng.integers(min(self.T, len(self.tokens) - self.B * self.T)))  # leaves a batch's windows
+                order = offset, rng.permutation((len(self.tokens) - 1 - offset) // self.T)
+            self.order = self.pass_number, order
+        return self.order[1]
 
 
 # ----------------------------------------------------------------------------

@@ -277,17 +277,70 @@ def test_data_loader_shifts_and_wraps():
     assert x[0, 0].item() == 0
 
 
-def test_processes_share_the_batches_of_one(tmp_path):
-    """Process r of W takes micro-batches r, r + W, ... of the one-process sequence, wrapping
-    where it wraps, and all of them keep the same position."""
+@pytest.mark.parametrize("seed", [None, 1337])
+def test_processes_share_the_batches_of_one(seed):
+    """Process r of W takes micro-batches r, r + W, ... of the one-process sequence, into
+    the next pass where it goes there (31 batches a pass), and all of them keep the same state."""
     tokens = np.arange(1000, dtype=np.uint16)
-    alone = DataLoader(tokens, 2, 16)
-    sequence = [alone.next_batch()[0] for _ in range(40)]
-    loaders = [DataLoader(tokens, 2, 16, rank=r, world_size=4) for r in range(4)]
-    for i in range(10):
+    alone = DataLoader(tokens, 2, 16, seed=seed)
+    sequence = [alone.next_batch()[0] for _ in range(80)]
+    loaders = [DataLoader(tokens, 2, 16, rank=r, world_size=4, seed=seed) for r in range(4)]
+    for i in range(20):
         for r, loader in enumerate(loaders):
             assert torch.equal(loader.next_batch()[0], sequence[4 * i + r])
-        assert len({loader.position for loader in loaders}) == 1
+        assert len({(loader.pass_number, loader.position) for loader in loaders}) == 1
+    assert loaders[0].pass_number == 2
+
+
+def batches_by_pass(loader, n):
+    """{pass number: the windows' starts, in the order n batches read them}; the tokens are
+    their own positions, so a window's first input is where it starts."""
+    starts = {}
+    for _ in range(n):
+        x, y = loader.next_batch()
+        assert torch.equal(y, x + 1) and torch.equal(x - x[:, :1], torch.arange(x.shape[1]).expand_as(x))  # whole windows
+        starts.setdefault(loader.pass_number, []).extend(x[:, 0].tolist())
+    return starts
+
+
+def test_each_pass_after_the_first_reads_every_window_in_a_fresh_order():
+    T, B = 16, 2
+    tokens = np.arange(1000, dtype=np.uint16)
+    passes = batches_by_pass(DataLoader(tokens, B, T, seed=1337), 31 * 5)  # 31 batches a pass, give or take one
+    assert passes[0] == list(range(0, 62 * T, T))  # the first pass: in order, from the start, as without a seed
+    orders = []
+    for number in (1, 2, 3):
+        offset = passes[number][0] % T
+        n_windows = (len(tokens) - 1 - offset) // T
+        assert set(passes[number]) <= set(range(offset, offset + n_windows * T, T))  # the windows cut at this offset,
+        assert len(set(passes[number])) == len(passes[number]) > n_windows - B  # each once, and all but the last few
+        orders.append([(start - offset) // T for start in passes[number]])
+    assert len({tuple(order[:30]) for order in orders}) == 3 and orders[0][:30] != list(range(30))
+    assert len({passes[number][0] % T for number in (1, 2, 3)}) > 1  # and the windows are cut at fresh offsets
+    in_order = batches_by_pass(DataLoader(tokens, B, T), 31 * 3)  # no seed: every pass the same
+    assert in_order[1] == in_order[2] == passes[0]
+
+
+def test_a_split_of_one_batch_reads_it_every_pass():
+    tokens = np.arange(2 * 16 + 1, dtype=np.uint16)  # the least a split may hold: one batch and its last target
+    loader = DataLoader(tokens, 2, 16, seed=1337)
+    for _ in range(5):  # its two windows, in either order
+        x = loader.next_batch()[0]
+        assert torch.equal(x[x[:, 0].argsort()], torch.arange(32).view(2, 16))
+
+
+def test_a_loader_restored_to_its_state_reads_on_the_same():
+    """What a checkpoint keeps, (pass_number, position), is all a loader needs to go on
+    exactly, before a pass boundary and after one."""
+    tokens = np.arange(1000, dtype=np.uint16)
+    loader = DataLoader(tokens, 2, 16, seed=7)
+    for n in (25, 10, 30):  # the second stop is in the second pass, the third in the third
+        for _ in range(n):
+            loader.next_batch()
+        again = DataLoader(tokens, 2, 16, position=loader.position, seed=7, pass_number=loader.pass_number)
+        for _ in range(40):
+            assert torch.equal(again.next_batch()[0], loader.next_batch()[0])
+        loader = again
 
 
 @pytest.mark.slow

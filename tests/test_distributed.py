@@ -30,19 +30,26 @@ def torchrun(text_file, log_dir, *flags, nproc=2, **popen):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_match_one(tmp_path, text_file):
-    one = train_run(tmp_path, text_file, *FLAGS, "--max_steps", 6, "--log_dir", tmp_path / "one")
-    two = torchrun(text_file, tmp_path / "two", "--max_steps", 6)
+@pytest.mark.parametrize("chars", [None, 4000], ids=["text", "small-text"])
+def test_two_processes_match_one(tmp_path, text_file, chars):
+    """On 4,000 characters (about 900 training tokens) the 8 steps read the split about
+    twice: the processes deal out each pass's fresh order as one process reads it."""
+    if chars is not None:
+        text_file.write_text(text_file.read_text(encoding="utf-8")[:chars], encoding="utf-8")
+    one = train_run(tmp_path, text_file, *FLAGS, "--max_steps", 8, "--log_dir", tmp_path / "one")
+    two = torchrun(text_file, tmp_path / "two", "--max_steps", 8)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert "world size 2" in two.stdout and "world size 1" in one.stdout
+    if chars is not None:
+        assert torch.load(tmp_path / "two" / "ckpt.pt", weights_only=True)["data_pass"] >= 1
     single, double = step_losses(one.stdout), step_losses(two.stdout)
-    assert sorted(double) == list(range(6))
-    for step in range(6):
+    assert sorted(double) == list(range(8))
+    for step in range(8):
         assert abs(single[step] - double[step]) <= 1e-5, (step, single[step], double[step])
     # one line per step, not one per process, and the log written once
     assert sum(line.startswith("step    3 | loss") for line in two.stdout.splitlines()) == 1
     log = (tmp_path / "two" / "log.txt").read_text().splitlines()
-    assert [int(line.split()[0]) for line in log if " train " in line] == list(range(6))
+    assert [int(line.split()[0]) for line in log if " train " in line] == list(range(8))
 
 
 def test_micro_batches_must_divide_among_processes(tmp_path, text_file):

@@ -110,10 +110,13 @@ def test_end_to_end_then_sample(tmp_path, text_file):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--dropout", 0.2], ["--compile", "True", "--dropout", 0.2],
-                                   ["--optimizer", "muon", "--adamw_lr_ratio", 0.25]],
-                         ids=["plain", "dropout", "compiled-dropout", "muon"])
+                                   ["--optimizer", "muon", "--adamw_lr_ratio", 0.25],
+                                   ["--ema_decay", 0.9, "--B", 8, "--total_batch_size", 1024]],
+                         ids=["plain", "dropout", "compiled-dropout", "muon", "passes-average"])
 def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_file, extra):
-    """With dropout, the restored random state decides the masks; compiled, the same holds."""
+    """With dropout, the restored random state decides the masks; compiled, the same holds.
+    With 1,024 tokens a step, the 40 steps read the training split about twice, the second
+    time in a fresh order, and the resumed run keeps the order and the weights' average."""
     flags = [*extra, *ONE_THREAD, "--max_steps", 40, "--eval_interval", 15, "--log_dir"]
     full = train_run(tmp_path, text_file, *flags, tmp_path / "full")
     assert full.returncode == 0, full.stderr
@@ -147,6 +150,12 @@ def test_interrupt_saves_and_resume_matches_uninterrupted_run(tmp_path, text_fil
     # the log reads as one run: every step once
     log = (tmp_path / "cut" / "log.txt").read_text().splitlines()
     assert [int(line.split()[0]) for line in log if " train " in line] == list(range(40))
+    if "--ema_decay" in extra:
+        ckpts = [torch.load(tmp_path / run / "ckpt.pt", weights_only=True) for run in ("full", "cut")]
+        assert ckpts[0]["data_pass"] == ckpts[1]["data_pass"] == 1
+        for key in ("model", "training_weights"):
+            assert all((a - b).abs().max() <= 1e-6 for a, b in zip(ckpts[0][key].values(), ckpts[1][key].values()))
+        assert "the checkpoint's model is the weights' moving average (decay 0.9); the last step's weights: " in full.stdout
 
 
 @pytest.mark.slow
