@@ -374,3 +374,55 @@ def test_every_log_in_docs_runs_is_linked_from_a_page_or_drawn():
     kept = set(os.listdir(os.path.join(ROOT, "docs", "runs")))
     assert not kept - linked - drawn, f"logs no page links and draw.py does not read: {sorted(kept - linked - drawn)}"
     assert drawn <= kept, f"draw.py reads logs that are not there: {sorted(drawn - kept)}"
+
+
+# ----------------------------------------------------------------------------
+# The figures README.md repeats: each is checked against the page it comes from
+
+
+def read(page):
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        return f.read()
+
+
+def prose(page):
+    """A page's text with every run of white space, line breaks among them, as one space."""
+    return " ".join(read(page).split())
+
+
+def code_blocks(markdown):
+    """The lines of each fenced code block, in order."""
+    return [block.splitlines() for block in re.findall(r"^```[^\n]*\n(.*?)^```", markdown, re.M | re.S)]
+
+
+def recipe_results(markdown):
+    """{(recipe, machine): cell} from a page's table whose first column is `recipe`; a
+    machine is its column's heading up to the parenthesis."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| recipe |")]
+    assert len(lines) == 1, "the page should have one table of the recipes' results"
+    rows = markdown[markdown.index(lines[0]):].split("\n\n")[0].splitlines()
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    machines = [heading.split(" (")[0] for heading in cells[0][1:]]
+    return {(row[0], machine): cell for row in cells[2:] for machine, cell in zip(machines, row[1:])}
+
+
+def test_readme_quotes_the_first_run_as_training_md_shows_it():
+    source = "\n".join(line for block in code_blocks(read("docs/training.md")) for line in block)
+    quoted = next(block for block in code_blocks(read("README.md")) if block[0].startswith("device cpu"))
+    for line in quoted:
+        assert line == "..." or line.removesuffix(" ...") in source, f"README.md quotes a line docs/training.md lacks: {line}"
+    took = re.search(r"The run took ([\d a-z]+ s) on that (Zen \d)", prose("README.md"))
+    assert took and f"on the {took[2]}" in prose("docs/training.md") and f"run took {took[1]}" in prose("docs/training.md")
+
+
+def test_readme_gives_the_recipes_results_as_recipes_readme_does():
+    ours, theirs = recipe_results(read("README.md")), recipe_results(read("recipes/README.md"))
+    assert ours.keys() == theirs.keys(), "README.md and recipes/README.md should have the same recipes and machines"
+    for key, cell in ours.items():
+        assert theirs[key].startswith(cell), f"{key}: README.md says {cell!r}, recipes/README.md {theirs[key]!r}"
+
+
+def test_readme_gives_the_test_count_and_time_of_testing_md():
+    ours = re.search(r"\): (\d+) in (\d+) min on an? (Zen \d|Xeon)", prose("README.md"))
+    theirs = re.search(r"passed (\d+) tests in (\d+) min \d+ s in a clean clone on the (Zen \d|Xeon)", prose("docs/testing.md"))
+    assert ours and theirs and ours.groups() == theirs.groups(), "README.md's test count differs from docs/testing.md's"
