@@ -359,8 +359,8 @@ class Sizing(NamedTuple):
 def regularisation(passes, weights, text_tokens):
     """The dropout a rung needs against memorising the text: none until it reads the text
     often enough for its size (passes x weights per text token, 86 on Zen 4's 30 minutes
-    of 6 x 384, where dropout 0.2 lost), 0.2 beyond 100 (186 on Zen 5's 30 minutes, where
-    it won), 0.35 beyond 300 (530 on Zen 5's 2 hours)."""
+    of 6 x 384, where dropout 0.2 lost), 0.2 beyond 100 (184 on Zen 5's 30 minutes, where
+    it won), 0.35 beyond 300 (533 on Zen 5's 2 hours)."""
     pressure = passes * weights / text_tokens
     return 0.0 if pressure < 100 else 0.2 if pressure < 300 else 0.35
 
