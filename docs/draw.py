@@ -25,6 +25,7 @@ RUNS = [
     ("5 minutes", "5min-sized-zen4.log.txt"),
     ("10 minutes", "10min-sized-zen4.log.txt"),
     ("30 minutes", "30min-sized-zen4.log.txt"),
+    ("2 hours", "2h-sized-zen4.log.txt"),
 ]
 SCHEDULE_RUN = "30min-sized-zen4.log.txt"  # the run whose steps schedule.png shows
 
